@@ -1,0 +1,477 @@
+"""Dual-ViT backbone.
+
+Yao, Li, Pan, Wang, Zhang, Mei: "Dual Vision Transformer", TPAMI 2023, https://arxiv.org/abs/2207.04976.
+
+Stages 1-2 run a pixel pathway and a semantic pathway (a few global semantic tokens) side by side; stages 3-4
+concatenate the semantic tokens to the pixel tokens and run global attention over both. Module and parameter names
+follow the official ImageNet checkpoints (``block1.0.attn.q_proxy``, ``patch_embed1.conv.1`` ...), so those load
+without renaming. Every attention runs through ``scaled_dot_product_attention``.
+"""
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import MODELS
+from ..utils import (attention, check_out_indices, checkpointed, freeze, merge_heads, resolve_arch,
+                     split_heads)
+
+# Block and stage norms use eps 1e-6; the LayerNorms inside attention, embeddings and the stem use torch's 1e-5.
+BLOCK_NORM_EPS = 1e-6
+SEMANTIC_POOL = 7  # the semantic tokens come from a 7x7 average pool of the stride-4 map
+QUERY_GRID = 8  # the learned semantic query is an 8x8 grid
+
+
+def _block_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
+
+
+def _tokens_to_map(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    b, _, c = x.shape
+    return x.transpose(1, 2).reshape(b, c, *hw)
+
+
+class _DepthwiseConv(nn.Module):
+    """3x3 depthwise conv on a token sequence (holds ``dwconv`` so checkpoint keys read ``mlp.dwconv.dwconv``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        return self.dwconv(_tokens_to_map(x, hw)).flatten(2).transpose(1, 2)
+
+
+class ConvFFN(nn.Module):
+    """fc1 -> 3x3 depthwise conv -> GELU -> fc2 on pixel tokens (PVTv2's FFN).
+
+    Args:
+        dim (int): Token channels.
+        hidden_dim (int): Hidden channels.
+        with_semantic_ffn (bool): Also own ``fc_proxy`` (Linear 2C, GELU, Linear), the FFN applied to the semantic
+            tokens that follow the pixel tokens in stages 3-4.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, with_semantic_ffn: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = _DepthwiseConv(hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc_proxy = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(),
+                                      nn.Linear(2 * dim, dim)) if with_semantic_ffn else None
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        num_pixels = hw[0] * hw[1]
+        pixels = self.fc2(self.act(self.dwconv(self.fc1(x[:, :num_pixels]), hw)))
+        if self.fc_proxy is None:
+            return pixels
+        return torch.cat([pixels, self.fc_proxy(x[:, num_pixels:])], dim=1)
+
+
+class DualAttention(nn.Module):
+    """Stage 1-2 token mixer: semantic self-attention, semantics <- pixels, semantic MLP, pixels <- semantics.
+
+    Args:
+        dim (int): Channels.
+        num_heads (int): Attention heads.
+        drop_path (float): Stochastic depth applied to the three semantic updates.
+        fused (bool): Use ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, drop_path: float = 0., fused: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.fused = fused
+        # pixel queries attending to the semantic tokens
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proxy_ln = nn.LayerNorm(dim)
+        # semantic queries attending to the pixels
+        self.q_proxy_ln = nn.LayerNorm(dim)
+        self.q_proxy = nn.Linear(dim, dim)
+        self.kv_proxy = nn.Linear(dim, 2 * dim)
+        # semantic self-attention and MLP
+        self.qkv_proxy = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 3 * dim))
+        self.p_ln = nn.LayerNorm(dim)
+        self.mlp_proxy = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(inplace=True), nn.Linear(4 * dim, dim))
+        self.gamma1 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.gamma2 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.gamma3 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _attend(self, q, k, v):
+        heads = self.num_heads
+        return merge_heads(attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
+                                     self.fused))
+
+    def forward(self, x: torch.Tensor, semantics: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv_proxy(semantics).chunk(3, dim=-1)
+        semantics = semantics + self.drop_path(self.gamma1 * self._attend(q, k, v))
+
+        k, v = self.kv_proxy(x).chunk(2, dim=-1)
+        q = self.q_proxy(self.q_proxy_ln(semantics))
+        semantics = semantics + self.drop_path(self.gamma2 * self._attend(q, k, v))
+        semantics = semantics + self.drop_path(self.gamma3 * self.mlp_proxy(self.p_ln(semantics)))
+
+        k, v = self.kv(self.proxy_ln(semantics)).chunk(2, dim=-1)
+        x = self.proj(self._attend(self.q(x), k, v))
+        return x, semantics
+
+
+class GlobalAttention(nn.Module):
+    """Stage 3-4 token mixer: multi-head self-attention over pixel and semantic tokens together."""
+
+    def __init__(self, dim: int, num_heads: int, fused: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.fused = fused
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = self.num_heads
+        k, v = self.kv(x).chunk(2, dim=-1)
+        out = attention(split_heads(self.q(x), heads), split_heads(k, heads), split_heads(v, heads), self.fused)
+        return self.proj(merge_heads(out))
+
+
+class DualBlock(BaseModule):
+    """Stage 1-2 block: pixel and semantic tokens updated by :class:`DualAttention`, then a ConvFFN on pixels.
+
+    Args:
+        dim (int): Channels.
+        num_heads (int): Attention heads.
+        mlp_ratio (float): FFN hidden ratio.
+        drop_path (float): Stochastic depth rate.
+        fused (bool): Use ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio, drop_path=0., fused=True):
+        super().__init__()
+        self.norm1 = _block_norm(dim)
+        self.attn = DualAttention(dim, num_heads, drop_path, fused)
+        self.norm2 = _block_norm(dim)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
+        self.gamma1 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.gamma2 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x, semantics, hw):
+        mixed, semantics = self.attn(self.norm1(x), semantics)
+        x = x + self.drop_path(self.gamma1 * mixed)
+        x = x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x), hw))
+        return x, semantics
+
+
+class MergeBlock(BaseModule):
+    """Stage 3-4 block over ``[pixel tokens; semantic tokens]``.
+
+    Args:
+        dim (int): Channels.
+        num_heads (int): Attention heads.
+        mlp_ratio (float): FFN hidden ratio.
+        drop_path (float): Stochastic depth rate.
+        drop_semantics (bool): Drop the semantic tokens after attention (the dense models' last block, whose
+            output is the last feature map). The ImageNet checkpoint's ``fc_proxy`` of that block is then unused.
+        fused (bool): Use ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio, drop_path=0., drop_semantics=False, fused=True):
+        super().__init__()
+        self.drop_semantics = drop_semantics
+        self.norm1 = _block_norm(dim)
+        self.attn = GlobalAttention(dim, num_heads, fused)
+        self.norm2 = _block_norm(dim)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), with_semantic_ffn=not drop_semantics)
+        self.gamma1 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.gamma2 = nn.Parameter(torch.full((dim, ), 1e-6))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x, hw):
+        x = x + self.drop_path(self.gamma1 * self.attn(self.norm1(x)))
+        if self.drop_semantics:
+            x = x[:, :hw[0] * hw[1]]
+        return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x), hw))
+
+
+class Stem(nn.Module):
+    """Stride-4 stem: conv7x7/2 + 2 conv3x3, each with BN and ReLU, then conv3x3/2 and LayerNorm (tokens out)."""
+
+    def __init__(self, in_channels: int, hidden_dim: int, out_channels: int, norm_cfg: dict):
+        super().__init__()
+        layers = []
+        for i, (kernel, stride) in enumerate([(7, 2), (3, 1), (3, 1)]):
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else hidden_dim, hidden_dim, kernel, stride, kernel // 2,
+                          bias=False),
+                build_norm_layer(norm_cfg, hidden_dim)[1],
+                nn.ReLU(inplace=True)
+            ]
+        self.conv = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(hidden_dim, out_channels, 3, 2, 1)
+        self.norm = nn.LayerNorm(out_channels)
+
+    def forward(self, x):
+        x = self.proj(self.conv(x))
+        hw = x.shape[2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), tuple(hw)
+
+
+class DownSample(nn.Module):
+    """conv3x3/2 + LayerNorm between stages (tokens out)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.norm = nn.LayerNorm(out_channels)
+
+    def forward(self, x):
+        x = self.proj(x)
+        hw = x.shape[2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), tuple(hw)
+
+
+class SemanticEmbed(nn.Module):
+    """Linear + LayerNorm taking the semantic tokens to the next stage's width."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.proj_proxy = nn.Sequential(nn.Linear(in_channels, out_channels), nn.LayerNorm(out_channels))
+
+    def forward(self, semantics):
+        return self.proj_proxy(semantics)
+
+
+@MODELS.register_module()
+class DualViT(BaseModule):
+    """Dual Vision Transformer backbone (`paper <https://arxiv.org/abs/2207.04976>`_).
+
+    Args:
+        arch (str | dict): ``'s'``, ``'b'``, ``'l'`` (or ``'small'``, ``'base'``, ``'large'``), or a dict with
+            the keys of :attr:`arch_settings` entries. Defaults to ``'s'``.
+        in_channels (int): Input channels. Defaults to 3.
+        out_indices (Sequence[int]): Stages whose normalised NCHW maps (strides 4/8/16/32) are returned.
+        out_type (str): ``'featmap'`` (dense backbone, as the official detection/segmentation code) or ``'raw'``
+            (ImageNet classifier path: the last block keeps the semantic tokens, and the last stage returns the
+            unnormalised ``[pixel; semantic]`` tokens, shape (B, N4 + M, C4), for :class:`DualViTClsHead`).
+        drop_path_rate (float): Stochastic depth, linear over all blocks. The official detection backbone uses
+            0.15; the segmentation configs 0.15 (S) and 0.3 (B).
+        stem_norm_cfg (dict): Norm of the three stem convs. The official detection code uses BN with frozen affine
+            parameters (the default); the segmentation code uses ``SyncBN`` with ``requires_grad=True``.
+        frozen_stages (int): Stages to freeze (parameters and BN statistics), -1 for none.
+        norm_eval (bool): Keep the stem's BN layers in eval mode while training.
+        with_cp (bool): Gradient checkpointing per block (less memory, same outputs and gradients).
+        fused_attention (bool): Use ``scaled_dot_product_attention`` (default). ``False`` materialises the
+            attention matrix like the official code; it exists for benchmarks and numerical audits.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads an official ImageNet or
+            converted checkpoint through :func:`mmdualvit.checkpoint.load_backbone_checkpoint`, which refuses
+            partial loads.
+
+    Examples:
+        >>> import torch
+        >>> from mmdualvit.models import DualViT
+        >>> model = DualViT(arch='s').eval()
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 224, 224))]
+        [(1, 64, 56, 56), (1, 128, 28, 28), (1, 320, 14, 14), (1, 448, 7, 7)]
+    """
+    arch_settings = {
+        's': dict(stem_hidden_dim=32, embed_dims=[64, 128, 320, 448], depths=[3, 4, 6, 3], num_heads=[2, 4, 10, 14],
+                  mlp_ratios=[8, 8, 4, 3]),
+        'b': dict(stem_hidden_dim=64, embed_dims=[64, 128, 320, 512], depths=[3, 4, 15, 3], num_heads=[2, 4, 10, 16],
+                  mlp_ratios=[8, 8, 4, 3]),
+        'l': dict(stem_hidden_dim=64, embed_dims=[96, 192, 384, 512], depths=[3, 6, 21, 3], num_heads=[3, 6, 12, 16],
+                  mlp_ratios=[8, 8, 4, 3]),
+    }
+    arch_settings.update(small=arch_settings['s'], base=arch_settings['b'], large=arch_settings['l'])
+    num_dual_stages = 2  # stages 1-2 keep the pathways apart; stages 3-4 merge them
+    min_input_size = 4 * SEMANTIC_POOL  # 28 px always gives the stride-4 map one pooling window
+
+    def __init__(self,
+                 arch='s',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 out_type: str = 'featmap',
+                 drop_path_rate: float = 0.,
+                 stem_norm_cfg: dict = dict(type='BN', requires_grad=False),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 fused_attention: bool = True,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        settings = resolve_arch(arch, self.arch_settings, self.arch_settings['s'].keys(), 'DualViT')
+        self.embed_dims = list(settings['embed_dims'])
+        self.depths = list(settings['depths'])
+        self.num_stages = len(self.depths)
+        if not (len(self.embed_dims) == len(settings['num_heads']) == len(settings['mlp_ratios'])
+                == self.num_stages == 4):
+            raise ValueError('DualViT: embed_dims, depths, num_heads and mlp_ratios need 4 entries each.')
+        if out_type not in ('featmap', 'raw'):
+            raise ValueError(f"DualViT: out_type must be 'featmap' or 'raw', got {out_type!r}.")
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'DualViT: frozen_stages must be in [-1, {self.num_stages}], got {frozen_stages}.')
+        self.out_type = out_type
+        self.out_indices = check_out_indices(out_indices, self.num_stages, 'DualViT')
+        self.out_channels = [self.embed_dims[i] for i in self.out_indices]
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        dims, c1 = self.embed_dims, self.embed_dims[0]
+        # Semantic-token initialisation (official names): a learned 8x8 query cross-attends to the 7x7-pooled
+        # stride-4 tokens, and an SE gate mixes the result with the pooled tokens.
+        self.q = nn.Parameter(torch.zeros(QUERY_GRID * QUERY_GRID, c1))
+        self.q_embed = nn.Sequential(nn.LayerNorm(c1), nn.Linear(c1, c1))
+        self.kv = nn.Linear(c1, 2 * c1)
+        self.se = nn.Sequential(nn.Linear(c1, c1), nn.ReLU(inplace=True), nn.Linear(c1, 2 * c1))
+        self.proxy_ln = nn.LayerNorm(c1)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        for i, (dim, depth, heads, ratio) in enumerate(zip(dims, self.depths, settings['num_heads'],
+                                                           settings['mlp_ratios'])):
+            rates, dpr = dpr[:depth], dpr[depth:]
+            if i == 0:
+                embed = Stem(in_channels, settings['stem_hidden_dim'], dim, stem_norm_cfg)
+            else:
+                embed = DownSample(dims[i - 1], dim)
+                self.add_module(f'proxy_embed{i + 1}', SemanticEmbed(dims[i - 1], dim))
+            if i < self.num_dual_stages:
+                blocks = [DualBlock(dim, heads, ratio, rates[j], fused_attention) for j in range(depth)]
+            else:
+                # stage 3 alternates MLP ratios r, r-1, r, ... (official recipe)
+                blocks = [
+                    MergeBlock(dim, heads, ratio - 1 if (i == 2 and j % 2 == 1) else ratio, rates[j],
+                               drop_semantics=(out_type == 'featmap' and i == self.num_stages - 1
+                                               and j == depth - 1),
+                               fused=fused_attention) for j in range(depth)
+                ]
+            self.add_module(f'patch_embed{i + 1}', embed)
+            self.add_module(f'block{i + 1}', nn.ModuleList(blocks))
+            # The classifier path normalises the last stage in its head (official key ``norm4``).
+            if not (out_type == 'raw' and i == self.num_stages - 1):
+                self.add_module(f'norm{i + 1}', _block_norm(dim))
+            if i < self.num_stages - 1:
+                self.add_module(f'norm_proxy{i + 1}', _block_norm(dim))
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ init and checkpoints
+    def init_weights(self):
+        """Random init as the official code, or the checkpoint named by a ``Pretrained`` init_cfg."""
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_backbone_checkpoint
+            load_backbone_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
+            self._is_init = True
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        trunc_normal_(self.q, std=.02)
+        self._is_init = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A semantic query trained on another grid (any square size) is resampled to our 8x8 grid; at run time the
+        # 8x8 grid is resampled again to the input's pooled grid, so 224 and 384 checkpoints both work anywhere.
+        key = prefix + 'q'
+        query = state_dict.get(key)
+        if query is not None and query.dim() == 2 and query.shape[0] != self.q.shape[0]:
+            side = math.isqrt(query.shape[0])
+            if side * side == query.shape[0] and query.shape[1] == self.q.shape[1]:
+                grid = query.reshape(side, side, -1).permute(2, 0, 1)[None].float()
+                state_dict[key] = _resize_grid(grid, (QUERY_GRID, QUERY_GRID)).to(query.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ freezing
+    def _stage_modules(self, i: int) -> List[nn.Module]:
+        names = [f'patch_embed{i + 1}', f'block{i + 1}', f'norm{i + 1}', f'norm_proxy{i + 1}', f'proxy_embed{i + 1}']
+        if i == 0:
+            names += ['q_embed', 'kv', 'se', 'proxy_ln']
+        return [getattr(self, n, None) for n in names]
+
+    def _freeze_stages(self):
+        for i in range(self.frozen_stages):
+            freeze(self._stage_modules(i), [self.q] if i == 0 else [])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def _initial_semantics(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """Semantic tokens from the stride-4 tokens: (B, M, C1) with M = floor(H/28) * floor(W/28)."""
+        pooled = F.avg_pool2d(_tokens_to_map(x, hw), SEMANTIC_POOL, SEMANTIC_POOL)
+        grid = tuple(pooled.shape[2:])
+        pooled = pooled.flatten(2).transpose(1, 2)
+        query = self.q
+        if grid != (QUERY_GRID, QUERY_GRID):
+            query = self.q.reshape(QUERY_GRID, QUERY_GRID, -1).permute(2, 0, 1)[None]
+            query = _resize_grid(query, grid)[0].flatten(1).t()
+        k, v = self.kv(pooled).chunk(2, dim=-1)
+        query = self.q_embed(query).expand(x.shape[0], -1, -1)
+        attended = F.scaled_dot_product_attention(query, k, v)  # single head, scale C1^-0.5
+        candidates = torch.stack([attended, pooled], dim=2)  # (B, M, 2, C)
+        gate = self.se(candidates.sum(2).mean(1)).view(-1, 1, 2, candidates.shape[-1]).softmax(dim=2)
+        return self.proxy_ln((candidates * gate).sum(2))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Return the maps of ``out_indices`` as NCHW tensors (strides 4, 8, 16, 32)."""
+        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
+            raise ValueError(f'DualViT needs inputs of at least {self.min_input_size}x{self.min_input_size} '
+                             f'pixels (its semantic tokens pool the stride-4 map in 7x7 windows); got '
+                             f'{tuple(x.shape[-2:])}. Resize or pad the input.')
+        outs = []
+        semantics = None
+        for i in range(self.num_stages):
+            x, hw = getattr(self, f'patch_embed{i + 1}')(x)
+            if i == 0:
+                semantics = self._initial_semantics(x, hw)
+            else:
+                semantics = getattr(self, f'proxy_embed{i + 1}')(semantics)
+            if i < self.num_dual_stages:
+                for block in getattr(self, f'block{i + 1}'):
+                    x, semantics = checkpointed(block, self.with_cp, x, semantics, hw)
+            else:
+                x = torch.cat([x, semantics], dim=1)
+                for block in getattr(self, f'block{i + 1}'):
+                    x = checkpointed(block, self.with_cp, x, hw)
+                x, semantics = x[:, :hw[0] * hw[1]], x[:, hw[0] * hw[1]:]
+            if i == self.num_stages - 1:
+                if self.out_type == 'raw':
+                    if i in self.out_indices:
+                        outs.append(torch.cat([x, semantics], dim=1))
+                    break
+            else:
+                semantics = getattr(self, f'norm_proxy{i + 1}')(semantics)
+            x = _tokens_to_map(getattr(self, f'norm{i + 1}')(x), hw)
+            if i in self.out_indices:
+                outs.append(x.contiguous())
+        return tuple(outs)
+
+
+def _resize_grid(grid: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a (1, C, h, w) grid, as the official code resizes the semantic query."""
+    return F.interpolate(grid, size=size, mode='bicubic', align_corners=False)

@@ -1,0 +1,291 @@
+"""Sequencer2D backbone for dense prediction.
+
+Tatsunami & Taki: "Sequencer: Deep LSTM for Image Classification", NeurIPS 2022, https://arxiv.org/abs/2205.01972.
+
+Token mixing is a BiLSTM2D: a bidirectional LSTM down every column and one along every row, concatenated and
+projected back to the channel width. Parameter names follow the official release (``blocks.{stage}.{block}...``,
+the downsampling conv being the last entry of the preceding stage), so official checkpoints load unchanged; timm's
+names are converted by :func:`mmdualvit.checkpoint.convert_sequencer2d`.
+
+The official stages run at strides 7/14/14/14. Detection and segmentation necks expect 4/8/16/32, so the
+``pyramid`` argument resamples the stage outputs onto that grid (see :class:`Sequencer2D`).
+"""
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+
+from ...registry import MODELS
+from ..utils import check_out_indices, checkpointed, freeze, resolve_arch
+
+NORM_EPS = 1e-6
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+class BiLSTM2D(nn.Module):
+    """Vertical and horizontal bidirectional LSTMs over an NHWC map, concatenated, then ``fc`` back to C.
+
+    Every column (rows) of every image goes through one batched ``nn.LSTM`` call, no Python loop.
+
+    Args:
+        dim (int): Channels C.
+        hidden_size (int): LSTM hidden size h (output 4h channels before ``fc``).
+    """
+
+    def __init__(self, dim: int, hidden_size: int):
+        super().__init__()
+        self.rnn_v = nn.LSTM(dim, hidden_size, batch_first=True, bidirectional=True)
+        self.rnn_h = nn.LSTM(dim, hidden_size, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(4 * hidden_size, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        vertical, _ = self.rnn_v(x.transpose(1, 2).reshape(b * w, h, c))
+        vertical = vertical.view(b, w, h, -1).transpose(1, 2)
+        horizontal, _ = self.rnn_h(x.reshape(b * h, w, c))
+        return self.fc(torch.cat([vertical, horizontal.view(b, h, w, -1)], dim=-1))
+
+
+class ChannelMLP(nn.Module):
+    """fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Sequencer2DBlock(BaseModule):
+    """x + BiLSTM2D(LN(x)), then x + MLP(LN(x)), on NHWC maps.
+
+    Args:
+        dim (int): Channels.
+        hidden_size (int): LSTM hidden size.
+        mlp_ratio (float): MLP hidden ratio.
+        drop_path (float): Stochastic depth rate.
+    """
+
+    def __init__(self, dim: int, hidden_size: int, mlp_ratio: float, drop_path: float = 0.):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.rnn_tokens = BiLSTM2D(dim, hidden_size)
+        self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.mlp_channels = ChannelMLP(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        x = x + self.drop_path(self.rnn_tokens(self.norm1(x)))
+        return x + self.drop_path(self.mlp_channels(self.norm2(x)))
+
+
+class Downsample(nn.Module):
+    """Patch-merging conv (kernel = stride) on NHWC maps."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.down = nn.Conv2d(in_channels, out_channels, stride, stride)
+
+    def forward(self, x):
+        return self.down(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Stem(nn.Module):
+    """Non-overlapping patch embedding (conv, kernel = stride), no norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, patch_size, patch_size)
+
+    def forward(self, x):
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+@MODELS.register_module()
+class Sequencer2D(BaseModule):
+    """Sequencer2D backbone (`paper <https://arxiv.org/abs/2205.01972>`_).
+
+    Args:
+        arch (str | dict): ``'s'``, ``'m'``, ``'l'`` (or ``'small'``, ``'medium'``, ``'large'``), or a dict with
+            the keys of :attr:`arch_settings` entries. Defaults to ``'s'``.
+        in_channels (int): Input channels. Defaults to 3.
+        out_indices (Sequence[int]): Stages to return. Defaults to ``(0, 1, 2, 3)``.
+        pyramid (str): How stage outputs are returned.
+
+            - ``'native'``: the official stage outputs at strides 7/14/14/14 (each the output of the stage's last
+              block, before the next downsampling conv; none is normalised, stage 4 included). The input is
+              floored to a multiple of the strides like the official stem.
+            - ``'resample'`` (default): parameter-free. The input is zero-padded bottom/right (as mmdet pads) so
+              no pixel is floored away, the last stage is normalised with the pretrained ``norm``, and every
+              stage is bilinearly resampled (antialiased when shrinking) with exact stride geometry to strides
+              4/8/16/32: output i is ceil(H/s) x ceil(W/s) for s = 4, 8, 16, 32 of the given input.
+            - ``'learned'``: ``'resample'`` followed by a residual 3x3 conv per level, zero-initialised so that
+              training starts exactly from ``'resample'`` (parameters ``pyramid_adapters.*``, not in ImageNet
+              checkpoints).
+        drop_path_rate (float): Stochastic depth with the official linear per-block rule
+            ``rate * index / (num_blocks - 1)`` (timm uses one rate for all blocks).
+        frozen_stages (int): Stages to freeze, -1 for none.
+        norm_eval (bool): Accepted for interface parity; Sequencer2D has no BatchNorm, so it changes nothing.
+        with_cp (bool): Gradient checkpointing per block.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads official or timm checkpoints
+            through :func:`mmdualvit.checkpoint.load_backbone_checkpoint`.
+
+    Examples:
+        >>> import torch
+        >>> from mmdualvit.models import Sequencer2D
+        >>> model = Sequencer2D(arch='s').eval()
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 100, 130))]
+        [(1, 192, 25, 33), (1, 384, 13, 17), (1, 384, 7, 9), (1, 384, 4, 5)]
+    """
+    _common = dict(patch_sizes=[7, 2, 1, 1], embed_dims=[192, 384, 384, 384], hidden_sizes=[48, 96, 96, 96],
+                   mlp_ratio=3.0)
+    arch_settings = {
+        's': dict(layers=[4, 3, 8, 3], **_common),
+        'm': dict(layers=[4, 3, 14, 3], **_common),
+        'l': dict(layers=[8, 8, 16, 4], **_common),
+    }
+    arch_settings.update(small=arch_settings['s'], medium=arch_settings['m'], large=arch_settings['l'])
+    pyramid_modes = ('native', 'resample', 'learned')
+
+    def __init__(self,
+                 arch='s',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 pyramid: str = 'resample',
+                 drop_path_rate: float = 0.,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        settings = resolve_arch(arch, self.arch_settings, self._common.keys() | {'layers'}, 'Sequencer2D')
+        self.layers = list(settings['layers'])
+        self.num_stages = len(self.layers)
+        dims, patch_sizes = settings['embed_dims'], settings['patch_sizes']
+        if not len(dims) == len(patch_sizes) == len(settings['hidden_sizes']) == self.num_stages:
+            raise ValueError('Sequencer2D: layers, patch_sizes, embed_dims and hidden_sizes need equal lengths.')
+        if pyramid not in self.pyramid_modes:
+            raise ValueError(f'Sequencer2D: pyramid must be one of {self.pyramid_modes}, got {pyramid!r}.')
+        if pyramid != 'native' and self.num_stages != len(PYRAMID_STRIDES):
+            raise ValueError(f"Sequencer2D: pyramid={pyramid!r} needs 4 stages; use pyramid='native'.")
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'Sequencer2D: frozen_stages must be in [-1, {self.num_stages}], got {frozen_stages}.')
+        self.pyramid = pyramid
+        self.out_indices = check_out_indices(out_indices, self.num_stages, 'Sequencer2D')
+        self.out_channels = [dims[i] for i in self.out_indices]
+        self.native_strides = [math.prod(patch_sizes[:i + 1]) for i in range(self.num_stages)]
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        self.stem = Stem(in_channels, dims[0], patch_sizes[0])
+        total = sum(self.layers)
+        stages, start = [], 0
+        for i, depth in enumerate(self.layers):
+            stage = [
+                Sequencer2DBlock(dims[i], settings['hidden_sizes'][i], settings['mlp_ratio'],
+                                 drop_path_rate * (start + j) / max(total - 1, 1)) for j in range(depth)
+            ]
+            if i < self.num_stages - 1:  # official layout: the next stage's downsampling closes this stage
+                stage.append(Downsample(dims[i], dims[i + 1], patch_sizes[i + 1]))
+            stages.append(nn.ModuleList(stage))
+            start += depth
+        self.blocks = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(dims[-1], eps=NORM_EPS)
+        if pyramid == 'learned':
+            self.pyramid_adapters = nn.ModuleList(nn.Conv2d(dims[i], dims[i], 3, padding=1) for i in self.out_indices)
+            for conv in self.pyramid_adapters:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+        self._freeze_stages()
+
+    def init_weights(self):
+        """Random init as the official code, or the checkpoint named by a ``Pretrained`` init_cfg."""
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_backbone_checkpoint
+            load_backbone_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
+            self._is_init = True
+            return
+        for name, module in self.named_modules():
+            if name.startswith('pyramid_adapters'):
+                continue  # zero init: start as the parameter-free pyramid
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.normal_(module.bias, std=1e-6) if 'mlp' in name else nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                nn.init.trunc_normal_(module.weight, std=math.sqrt(1.0 / fan_in) / .87962566103423978)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LSTM):
+                bound = 1.0 / math.sqrt(module.hidden_size)
+                for weight in module.parameters():
+                    nn.init.uniform_(weight, -bound, bound)
+        self._is_init = True
+
+    def _stage_modules(self, i: int) -> List[nn.Module]:
+        modules = list(self.blocks[i][:self.layers[i]])
+        modules.append(self.stem if i == 0 else self.blocks[i - 1][-1])
+        if i == self.num_stages - 1:
+            modules.append(self.norm)
+        return modules
+
+    def _freeze_stages(self):
+        for i in range(self.frozen_stages):
+            freeze(self._stage_modules(i))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def forward_native(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """All stage outputs as NHWC tensors at the native strides, unnormalised (the official layout)."""
+        x = self.stem(x)
+        outs = []
+        for i, depth in enumerate(self.layers):
+            if i > 0:
+                x = self.blocks[i - 1][-1](x)
+            for block in self.blocks[i][:depth]:
+                x = checkpointed(block, self.with_cp, x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor):
+        """Return the maps of ``out_indices`` as NCHW tensors (see ``pyramid`` for strides and sizes)."""
+        height, width = x.shape[-2:]
+        if self.pyramid == 'native':
+            if height < self.native_strides[-1] or width < self.native_strides[-1]:
+                raise ValueError(f'Sequencer2D needs inputs of at least {self.native_strides[-1]} pixels per side, '
+                                 f'got {tuple(x.shape[-2:])}.')
+            outs = self.forward_native(x)
+            return tuple(outs[i].permute(0, 3, 1, 2) for i in self.out_indices)
+
+        # Pad so that (a) no pixel is floored away by the stride-7/14 convs and (b) every target level's
+        # ceil(size / stride) cells lie inside the padded extent, which makes the resampling exact-geometry.
+        coarsest, native_max = PYRAMID_STRIDES[-1], self.native_strides[-1]
+        padded = [native_max * math.ceil(coarsest * math.ceil(s / coarsest) / native_max) for s in (height, width)]
+        x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))
+        native = self.forward_native(x)
+        native[-1] = self.norm(native[-1])
+        outs = []
+        for k, i in enumerate(self.out_indices):
+            level = native[i].permute(0, 3, 1, 2)
+            scale = self.native_strides[i] / PYRAMID_STRIDES[i]
+            size = (math.ceil(height / PYRAMID_STRIDES[i]), math.ceil(width / PYRAMID_STRIDES[i]))
+            # scale_factor (not size) keeps the exact stride ratio in the sampling grid; then crop the padding.
+            level = F.interpolate(level, scale_factor=scale, mode='bilinear', align_corners=False,
+                                  recompute_scale_factor=False, antialias=scale < 1)[..., :size[0], :size[1]]
+            if self.pyramid == 'learned':
+                level = level + self.pyramid_adapters[k](level)
+            outs.append(level)
+        return tuple(outs)

@@ -1,0 +1,30 @@
+"""mmdualvit: Dual-ViT and Sequencer2D backbones for mmdetection, mmsegmentation and mmpretrain."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_requirements(name):
+    """Requirement lines of requirements/<name>.txt, without comments and includes."""
+    lines = (HERE / 'requirements' / name).read_text().splitlines()
+    return [ln.split('#')[0].strip() for ln in lines if ln.split('#')[0].strip() and not ln.startswith('-')]
+
+
+version = {}
+exec((HERE / 'mmdualvit' / 'version.py').read_text(), version)
+
+setup(
+    name='mmdualvit',
+    version=version['__version__'],
+    description='Dual-ViT and Sequencer2D backbones for OpenMMLab detection and segmentation',
+    long_description=(HERE / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
+    install_requires=read_requirements('torch.txt') + read_requirements('mminstall.txt')
+    + read_requirements('runtime.txt'),
+    extras_require={'tests': read_requirements('tests.txt'), 'optional': read_requirements('optional.txt')},
+)
