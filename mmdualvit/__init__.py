@@ -5,8 +5,9 @@ checkpoints written by mmengine's Runner loadable under torch's ``weights_only=T
 mmdet or mmseg.
 """
 from . import safe_globals  # noqa: F401  (registers the allow-list used by weights_only loading)
+from .engine import *  # noqa: F401,F403
 from .models import *  # noqa: F401,F403
-from .registry import MODELS
+from .registry import HOOKS, MODELS
 from .version import __version__
 
-__all__ = ['MODELS', '__version__']
+__all__ = ['HOOKS', 'MODELS', '__version__']

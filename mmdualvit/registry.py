@@ -1,10 +1,15 @@
-"""The one registry node of mmdualvit.
+"""The registry nodes of mmdualvit.
 
-It is a child of mmengine's root ``MODELS`` with scope ``mmdualvit``, so ``type='mmdualvit.DualViT'`` resolves from
-mmdet's, mmseg's and mmpretrain's registries alike (they are children of the same root) without registering our
-classes three times, and without importing mmdet or mmseg.
+Each is a child of mmengine's root registry with scope ``mmdualvit``, so ``type='mmdualvit.DualViT'`` resolves
+from mmdet's, mmseg's and mmpretrain's registries alike (they are children of the same roots) without registering
+our classes three times, and without importing mmdet or mmseg.
 """
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmdualvit', locations=['mmdualvit.models'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmdualvit', locations=['mmdualvit.engine'])
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmdualvit',
+                          locations=['mmdualvit.engine'])

@@ -1,0 +1,3 @@
+# Mask R-CNN + FPN, Sequencer2D-L, COCO 1x (the Dual-ViT recipe; see maskrcnn_sequencer2d_s_coco.py).
+_base_ = './maskrcnn_sequencer2d_s_coco.py'
+model = dict(backbone=dict(arch='l', init_cfg=dict(checkpoint='checkpoints/sequencer2d_l.pth')))

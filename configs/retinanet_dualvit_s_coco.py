@@ -1,0 +1,21 @@
+# RetinaNet + FPN, Dual-ViT-S, COCO 1x: the official retinanet_dualvit_s_fpn_1x_coco settings on mmdet 3.x.
+# Primitive of the RetinaNet Dual-ViT family.
+_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmdualvit'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmdualvit.DualViT',
+        arch='s',
+        drop_path_rate=0.15,
+        stem_norm_cfg=dict(type='BN', requires_grad=False),
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dualvit_s.pth')),
+    # RetinaNet starts at stride 8 and builds P6/P7 from the stride-32 input map (official FPN settings).
+    neck=dict(in_channels=[64, 128, 320, 448], start_level=1, add_extra_convs='on_input', num_outs=5))
+
+# Official: AdamW lr 1e-4, weight decay 1e-4, fp16 (static loss scale 512); schedule and pipeline as the mmdet base.
+optim_wrapper = dict(
+    _delete_=True, type='AmpOptimWrapper', loss_scale=512., optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4))
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+custom_hooks = [dict(type='mmdualvit.WeightsOnlyCheckpointHook')]

@@ -1,0 +1,282 @@
+"""Seeded toy datasets of coloured shapes, so demos and tests run without downloading COCO or ADE20K.
+
+Every image shows one to four non-overlapping filled shapes of three classes (``TOY_CLASSES``) on a plain or noisy
+background of a muted random colour. Each class has its own bright colour range (squares red, circles green,
+triangles blue) as well as its own outline, so a small detector or segmentor learns it in a few hundred iterations.
+
+Each shape is a convex polygon in continuous image coordinates (pixel ``(row, col)`` spans ``[col, col + 1) x
+[row, row + 1)``), rounded to 1/100 px; a pixel belongs to the shape when its centre lies inside that polygon. The
+same rounded polygon is written as the COCO ``segmentation``, so rasterising it (pycocotools) gives back the drawn
+mask up to boundary pixels, and ``bbox`` / ``area`` are the tight box and pixel count of that mask.
+
+Every image is drawn from its own generator seeded by ``(seed, split, index)``: output is byte-identical for a seed,
+and changing ``num_train`` does not change the validation images. ``make_toy_coco`` and ``make_toy_ade`` draw the
+same scenes for the same seed. Only numpy, cv2 and json are used, so this module imports neither mmdet nor mmseg.
+"""
+import json
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+TOY_CLASSES = ('square', 'circle', 'triangle')
+# RGB, one per class; the middle of each class's colour range so visualisations look like the images.
+TOY_PALETTE = [[220, 55, 55], [55, 220, 55], [55, 55, 220]]
+
+# Per-class (low, high) RGB bounds of the fill colour: one saturated channel per class keeps classes separable.
+_CLASS_COLOURS = (
+    ((185, 20, 20), (255, 95, 95)),
+    ((20, 185, 20), (95, 255, 95)),
+    ((20, 20, 185), (95, 95, 255)),
+)
+_CIRCLE_VERTICES = 32
+_MAX_SHAPES = 4
+_PLACEMENT_TRIES = 30
+_GAP = 2  # px kept free between the boxes of two shapes, so masks never touch
+_SPLIT_CODES = {'train': 0, 'val': 1}  # part of each image's seed; never reuse a code for another split
+_FILE_RE = re.compile(r'^\d{6}\.png$')  # the names we write; only these are removed as stale
+
+PathLike = Union[str, os.PathLike]
+
+
+def _check_args(num_train: int, num_val: int, image_size: Sequence[int], seed: int) -> Tuple[int, int]:
+    if num_train < 0 or num_val < 0:
+        raise ValueError(f'num_train and num_val must be >= 0, got {num_train} and {num_val}')
+    if len(image_size) != 2:
+        raise ValueError(f'image_size must be (height, width), got {image_size!r}')
+    height, width = (int(v) for v in image_size)
+    if min(height, width) < 32:
+        raise ValueError(f'image_size must be at least 32 x 32, got {image_size!r}')
+    if int(seed) < 0:
+        # np.random.SeedSequence takes non-negative entropy only.
+        raise ValueError(f'seed must be >= 0, got {seed}')
+    return height, width
+
+
+def _shape_polygon(cls: int, x0: float, y0: float, size: float) -> np.ndarray:
+    """Vertices (N, 2) as (x, y) of a class-``cls`` shape inscribed in the box ``[x0, x0+size] x [y0, y0+size]``."""
+    if cls == 0:
+        pts = [(x0, y0), (x0 + size, y0), (x0 + size, y0 + size), (x0, y0 + size)]
+    elif cls == 1:
+        angles = np.arange(_CIRCLE_VERTICES) * (2 * np.pi / _CIRCLE_VERTICES)
+        r = size / 2
+        pts = np.stack([x0 + r + r * np.cos(angles), y0 + r + r * np.sin(angles)], axis=1)
+    else:
+        pts = [(x0 + size / 2, y0), (x0 + size, y0 + size), (x0, y0 + size)]
+    # Rounded once here, so the polygon that is drawn is exactly the one written to JSON.
+    return np.round(np.asarray(pts, dtype=np.float64), 2)
+
+
+def _polygon_mask(poly: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Boolean mask of the pixels whose centre lies inside the convex polygon ``poly`` (boundary included)."""
+    mask = np.zeros((height, width), dtype=bool)
+    # Only the polygon's bounding window is tested, which keeps large images cheap.
+    c0, r0 = (max(0, int(np.floor(v))) for v in poly.min(axis=0))
+    c1, r1 = min(width, int(np.ceil(poly[:, 0].max()))), min(height, int(np.ceil(poly[:, 1].max())))
+    px, py = np.meshgrid(np.arange(c0, c1) + 0.5, np.arange(r0, r1) + 0.5)
+    nxt = np.roll(poly, -1, axis=0)
+    # The sign of the shoelace sum tells the winding; inside means on the inner side of every edge.
+    orient = np.sign(np.sum(poly[:, 0] * nxt[:, 1] - nxt[:, 0] * poly[:, 1]))
+    inside = np.ones(px.shape, dtype=bool)
+    for (ax, ay), (bx, by) in zip(poly, nxt):
+        cross = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+        inside &= orient * cross >= -1e-9
+    mask[r0:r1, c0:c1] = inside
+    return mask
+
+
+def _render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, List[dict]]:
+    """Draw one RGB uint8 image and its shapes, each a dict with ``cls`` (0-based), ``polygon`` and ``mask``."""
+    scale = min(height, width) / 128
+    min_size = max(8, round(16 * scale))
+    max_size = max(min_size, min(round(56 * scale), min(height, width) // 2))
+
+    # A muted, roughly grey background stays far from every class's saturated fill colour.
+    grey = rng.integers(50, 140)
+    background = np.clip(grey + rng.integers(-25, 26, size=3), 0, 255)
+    image = np.empty((height, width, 3), dtype=np.float32)
+    image[...] = background
+
+    shapes: List[dict] = []
+    boxes: List[Tuple[int, int, int, int]] = []
+    for _ in range(int(rng.integers(1, _MAX_SHAPES + 1))):
+        # Rejecting overlapping placements (rather than occluding) keeps every mask equal to its whole polygon.
+        for _ in range(_PLACEMENT_TRIES):
+            cls = int(rng.integers(0, len(TOY_CLASSES)))
+            size = int(rng.integers(min_size, max_size + 1))
+            x0 = int(rng.integers(0, width - size + 1))
+            y0 = int(rng.integers(0, height - size + 1))
+            box = (x0, y0, x0 + size, y0 + size)
+            if all(box[0] >= b[2] + _GAP or b[0] >= box[2] + _GAP or box[1] >= b[3] + _GAP or b[1] >= box[3] + _GAP
+                   for b in boxes):
+                break
+        else:
+            continue  # no free spot for this shape; the image keeps the ones already placed (at least one)
+        boxes.append(box)
+        poly = _shape_polygon(cls, x0, y0, size)
+        mask = _polygon_mask(poly, height, width)
+        low, high = _CLASS_COLOURS[cls]
+        image[mask] = [rng.integers(lo, hi + 1) for lo, hi in zip(low, high)]
+        shapes.append(dict(cls=cls, polygon=poly, mask=mask))
+
+    if rng.random() < 0.5:
+        # Half the images get sensor-like noise over shapes and background alike.
+        image += rng.normal(0.0, rng.uniform(3.0, 12.0), size=image.shape).astype(np.float32)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), shapes
+
+
+def _scene(seed: int, split: str, index: int, height: int, width: int) -> Tuple[np.ndarray, List[dict]]:
+    """The scene of image ``index`` of ``split``: its own generator, so it does not depend on the split sizes."""
+    rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], index])
+    return _render_scene(rng, height, width)
+
+
+def _file_name(index: int) -> str:
+    return f'{index + 1:06d}.png'
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (RGB HxWx3 or single-channel HxW uint8) as PNG, raising instead of cv2's silent False."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f'could not write {path}')
+
+
+def _remove_stale(directory: Path, keep: Sequence[str]) -> None:
+    """Delete files we wrote in an earlier, larger run, so directory scans (mmseg) see only this run's images."""
+    keep = set(keep)
+    for path in directory.iterdir():
+        if path.is_file() and _FILE_RE.match(path.name) and path.name not in keep:
+            path.unlink()
+
+
+def _bbox_xywh(mask: np.ndarray) -> List[float]:
+    ys, xs = np.nonzero(mask)
+    x_min, y_min = int(xs.min()), int(ys.min())
+    return [float(x_min), float(y_min), float(xs.max() - x_min + 1), float(ys.max() - y_min + 1)]
+
+
+def make_toy_coco(out_dir: PathLike,
+                  num_train: int = 40,
+                  num_val: int = 16,
+                  image_size: Sequence[int] = (128, 128),
+                  seed: int = 0) -> Dict:
+    """Write a COCO-format instance-segmentation toy dataset of coloured shapes.
+
+    Layout: ``out_dir/{train,val}/000001.png ...`` and ``out_dir/annotations/instances_{train,val}.json``, with
+    category ids 1, 2, 3 for ``TOY_CLASSES`` and image ``file_name`` relative to the split folder (use
+    ``data_prefix=dict(img='train/')``). Annotations carry ``bbox`` ``[x, y, w, h]``, ``area`` (mask pixels),
+    polygon ``segmentation``, ``iscrowd=0``.
+
+    Args:
+        out_dir: root folder; created if missing. Stale ``NNNNNN.png`` files of an earlier run are removed.
+        num_train: number of training images.
+        num_val: number of validation images.
+        image_size: ``(height, width)``, at least 32 each; shape sizes (16-56 px at 128) scale with it.
+        seed: non-negative seed; the same seed gives byte-identical files.
+
+    Returns:
+        dict with ``root``, ``classes`` and, per split ``'train'`` / ``'val'``, a dict of ``img_dir``,
+        ``ann_file``, ``num_images`` and ``num_instances``.
+    """
+    height, width = _check_args(num_train, num_val, image_size, seed)
+    root = Path(out_dir)
+    (root / 'annotations').mkdir(parents=True, exist_ok=True)
+    categories = [dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(TOY_CLASSES)]
+    result: Dict = dict(root=str(root), classes=TOY_CLASSES)
+
+    for split, count in (('train', num_train), ('val', num_val)):
+        img_dir = root / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        names = [_file_name(i) for i in range(count)]
+        _remove_stale(img_dir, names)
+        images, annotations = [], []
+        for index, name in enumerate(names):
+            image, shapes = _scene(seed, split, index, height, width)
+            _write_png(img_dir / name, image)
+            image_id = index + 1
+            images.append(dict(id=image_id, file_name=name, width=width, height=height))
+            for shape in shapes:
+                annotations.append(
+                    dict(
+                        id=len(annotations) + 1,
+                        image_id=image_id,
+                        category_id=shape['cls'] + 1,
+                        bbox=_bbox_xywh(shape['mask']),
+                        area=float(shape['mask'].sum()),
+                        segmentation=[[round(float(v), 2) for v in shape['polygon'].reshape(-1)]],
+                        iscrowd=0))
+        ann_file = root / 'annotations' / f'instances_{split}.json'
+        coco = dict(
+            info=dict(description=f'mmdualvit toy shapes ({split}, seed {seed})', version='1.0'),
+            licenses=[],
+            images=images,
+            annotations=annotations,
+            categories=categories)
+        with open(ann_file, 'w', encoding='utf-8') as f:
+            json.dump(coco, f, separators=(',', ':'))
+        result[split] = dict(
+            img_dir=str(img_dir), ann_file=str(ann_file), num_images=len(images), num_instances=len(annotations))
+    return result
+
+
+def make_toy_ade(out_dir: PathLike,
+                 num_train: int = 40,
+                 num_val: int = 16,
+                 image_size: Sequence[int] = (128, 128),
+                 seed: int = 0) -> Dict:
+    """Write an ADE20K-layout semantic-segmentation toy dataset of coloured shapes.
+
+    Layout: ``out_dir/images/{training,validation}/000001.png`` and the label maps of the same name under
+    ``out_dir/annotations/{training,validation}/``; both are PNG, so use ``img_suffix='.png'`` and
+    ``seg_map_suffix='.png'``. Labels are uint8 single-channel following ADE20K: 0 is background ("other"), 1..3
+    are ``TOY_CLASSES``; load with ``reduce_zero_label=True`` so classes become 0..2 and background 255 (ignored).
+
+    mmseg's ``ADE20KDataset`` rejects ``metainfo=dict(classes=TOY_CLASSES)`` (classes must be a subset of ADE's
+    150), so configs should use ``type='BaseSegDataset'`` with that metainfo and the arguments above.
+
+    Args:
+        out_dir: root folder; created if missing. Stale ``NNNNNN.png`` files of an earlier run are removed.
+        num_train: number of training images.
+        num_val: number of validation images.
+        image_size: ``(height, width)``, at least 32 each; shape sizes (16-56 px at 128) scale with it.
+        seed: non-negative seed; the same seed gives byte-identical files (and the scenes of ``make_toy_coco``).
+
+    Returns:
+        dict with ``root``, ``classes``, ``palette``, ``img_suffix``, ``seg_map_suffix``, ``reduce_zero_label``
+        and, per split ``'train'`` / ``'val'``, a dict of ``img_dir``, ``ann_dir``, ``num_images`` and
+        ``num_instances`` (shapes drawn).
+    """
+    height, width = _check_args(num_train, num_val, image_size, seed)
+    root = Path(out_dir)
+    result: Dict = dict(
+        root=str(root),
+        classes=TOY_CLASSES,
+        palette=TOY_PALETTE,
+        img_suffix='.png',
+        seg_map_suffix='.png',
+        reduce_zero_label=True)
+
+    for split, folder, count in (('train', 'training', num_train), ('val', 'validation', num_val)):
+        img_dir = root / 'images' / folder
+        ann_dir = root / 'annotations' / folder
+        img_dir.mkdir(parents=True, exist_ok=True)
+        ann_dir.mkdir(parents=True, exist_ok=True)
+        names = [_file_name(i) for i in range(count)]
+        _remove_stale(img_dir, names)
+        _remove_stale(ann_dir, names)
+        num_instances = 0
+        for index, name in enumerate(names):
+            image, shapes = _scene(seed, split, index, height, width)
+            label = np.zeros((height, width), dtype=np.uint8)
+            for shape in shapes:
+                label[shape['mask']] = shape['cls'] + 1
+            _write_png(img_dir / name, image)
+            _write_png(ann_dir / name, label)
+            num_instances += len(shapes)
+        result[split] = dict(img_dir=str(img_dir), ann_dir=str(ann_dir), num_images=count, num_instances=num_instances)
+    return result

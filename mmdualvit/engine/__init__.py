@@ -1,0 +1,4 @@
+from .hooks import WeightsOnlyCheckpointHook
+from .optim import CPUAutocastOptimWrapper
+
+__all__ = ['CPUAutocastOptimWrapper', 'WeightsOnlyCheckpointHook']

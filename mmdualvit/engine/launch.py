@@ -1,0 +1,38 @@
+"""Config adjustments shared by tools/train.py and tools/test.py."""
+import os
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+
+
+def setup_distributed_cpu(cfg: Config) -> None:
+    """Make ``launcher='pytorch'`` work on machines without CUDA.
+
+    mmengine's pytorch launcher calls ``torch.cuda.set_device`` and wraps the model in DDP with
+    ``device_ids=[rank]``; both fail without a GPU. We initialise a gloo process group ourselves (the Runner then
+    skips its own initialisation) and wrap with ``device_ids=None``. On GPU machines nothing changes.
+    """
+    if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp``: fp16 with dynamic loss scaling on GPU, bfloat16 autocast on CPU."""
+    wrapper = cfg.optim_wrapper
+    if torch.cuda.is_available():
+        if wrapper.get('type') != 'AmpOptimWrapper':
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        wrapper.type = 'mmdualvit.CPUAutocastOptimWrapper'
+        wrapper.pop('loss_scale', None)
+
+
+def trust_checkpoints() -> None:
+    """Opt in to full unpickling for checkpoints the user vouches for (e.g. written by plain mmengine runs)."""
+    os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'

@@ -1,0 +1,62 @@
+"""Train a detector, segmentor or classifier from an mmdualvit (or any OpenMMLab) config.
+
+    python tools/train.py configs/maskrcnn_dualvit_s_coco.py [--work-dir DIR] [--resume [CKPT]] [--amp]
+                          [--cfg-options key=value ...] [--launcher pytorch]
+
+The config's ``default_scope`` (mmdet, mmseg or mmpretrain) decides which library's components are used.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
+from mmdualvit.engine.launch import enable_amp, setup_distributed_cpu, trust_checkpoints
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model with mmengine\'s Runner')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default: work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or from the latest checkpoint in the work dir when no CKPT is given')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on GPU, bfloat16 on CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the actual total batch size')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle checkpoints fully (weights_only=False): only for files you trust')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs',
+                                                                   osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        enable_amp(cfg)
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg:
+            raise SystemExit(f'{args.config} has no auto_scale_lr.base_batch_size; set it to use --auto-scale-lr.')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.trust_checkpoint:
+        trust_checkpoints()
+    setup_distributed_cpu(cfg)
+    Runner.from_cfg(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
