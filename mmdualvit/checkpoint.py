@@ -67,7 +67,7 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
         if 'Weights only load failed' not in str(err) and 'Unsupported' not in str(err):
             raise CheckpointError(f'checkpoint file {path!r} is truncated or corrupt ({_first_line(err)}); download '
                                   f'it again and compare its SHA-256.') from err
-        found = re.findall(r'Unsupported global: GLOBAL ([\w.]+)', str(err))
+        found = re.findall(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)', str(err))
         needs = found[0] if found else 'a type that is not a tensor or a plain container'
         raise CheckpointError(
             f'checkpoint file {path!r} needs {needs} to unpickle, which safe loading (weights_only=True) refuses: '
@@ -107,8 +107,16 @@ def _is_tensor_dict(d: dict) -> bool:
 
 # ----------------------------------------------------------------------------------------------- conversions
 def convert_dualvit(state_dict: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
-    """Official Dual-ViT checkpoint (any wrapper) -> our names. Names are identical, so this only unwraps; idempotent."""
-    return extract_state_dict(state_dict, 'Dual-ViT checkpoint')
+    """Official Dual-ViT checkpoint (any wrapper) -> ours; idempotent.
+
+    Names are identical. A semantic query trained on another square grid is resampled to the 8x8 grid the model
+    stores (at run time it is resampled again to the input's pooled grid), so 224 and 384 checkpoints both load.
+    """
+    from .models.backbones.dual_vit import resize_semantic_query
+    state_dict = extract_state_dict(state_dict, 'Dual-ViT checkpoint')
+    if 'q' in state_dict:
+        state_dict['q'] = resize_semantic_query(state_dict['q'])
+    return state_dict
 
 
 _TIMM_BLOCK = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.')
@@ -167,9 +175,10 @@ def _looks_like(keys) -> str:
     return 'an unrecognised checkpoint'
 
 
-def _group(keys, depth: int = 1) -> str:
-    counts = Counter('.'.join(k.split('.')[:depth]) + '.*' for k in keys)
-    return ', '.join(f'{name} ({n})' for name, n in counts.items())
+def _group(keys, prefixes) -> str:
+    """'post_network.* (18), head.* (2)': counts of ``keys`` per prefix, in the order of ``prefixes``."""
+    counts = Counter(next(p for p in prefixes if k.startswith(p)) for k in keys)
+    return ', '.join(f'{p}* ({counts[p]})' for p in prefixes if counts[p])
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -228,9 +237,9 @@ def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional
     model.load_state_dict(to_load, strict=True)
     message = f'Loaded {len(expected)} tensors into {name} from {path}: all backbone weights found.'
     if expected_unused:
-        message += f' Unused (expected, classifier-only): {_group(expected_unused, 2 if len(expected_unused) < 6 else 1)}.'
+        message += f' Unused (expected, classifier-only): {_group(expected_unused, unused_prefixes)}.'
     if new_keys:
-        message += f' Not in ImageNet checkpoints, kept at their init: {_group(new_keys, 1)}.'
+        message += f' Not in ImageNet checkpoints, kept at their init: {_group(new_keys, new_prefixes)}.'
     print_log(message, logger=logger)
     return dict(loaded=len(expected), unused=expected_unused, new=new_keys)
 
@@ -263,3 +272,21 @@ def _count_tensors(obj) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_count_tensors(v) for v in obj)
     return 0
+
+
+def converter_cli(converter: Callable, description: str, argv=None) -> dict:
+    """Command line of the ``tools/model_converters`` scripts: ``SRC DST [--trust-pickle]``, prints a summary."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('src', help='official or timm checkpoint (.pth, .pth.tar, .safetensors)')
+    parser.add_argument('dst', help='output: a tensors-only state_dict that loads with weights_only=True')
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='read SRC with weights_only=False (only for a file whose origin you trust)')
+    args = parser.parse_args(argv)
+    try:
+        summary = convert_checkpoint_file(args.src, args.dst, converter, trust=args.trust_pickle)
+    except CheckpointError as err:
+        parser.exit(2, f'error: {err}\n')
+    print(f"wrote {summary['dst']}: kept {summary['kept']} tensors, dropped {summary['dropped']} "
+          f"(optimizer/scaler state and other non-model entries), {summary['params'] / 1e6:.2f}M parameters, "
+          f"sha256 {summary['sha256']}")
+    return summary

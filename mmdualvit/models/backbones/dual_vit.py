@@ -392,12 +392,8 @@ class DualViT(BaseModule):
         # A semantic query trained on another grid (any square size) is resampled to our 8x8 grid; at run time the
         # 8x8 grid is resampled again to the input's pooled grid, so 224 and 384 checkpoints both work anywhere.
         key = prefix + 'q'
-        query = state_dict.get(key)
-        if query is not None and query.dim() == 2 and query.shape[0] != self.q.shape[0]:
-            side = math.isqrt(query.shape[0])
-            if side * side == query.shape[0] and query.shape[1] == self.q.shape[1]:
-                grid = query.reshape(side, side, -1).permute(2, 0, 1)[None].float()
-                state_dict[key] = _resize_grid(grid, (QUERY_GRID, QUERY_GRID)).to(query.dtype)
+        if key in state_dict:
+            state_dict[key] = resize_semantic_query(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ freezing
@@ -470,6 +466,18 @@ class DualViT(BaseModule):
             if i in self.out_indices:
                 outs.append(x.contiguous())
         return tuple(outs)
+
+
+def resize_semantic_query(query: torch.Tensor) -> torch.Tensor:
+    """Resample a learned semantic query of any square grid (n*n, C) to the 8x8 grid (64, C) of the model.
+
+    Queries of other shapes are returned unchanged (the shape check then reports them).
+    """
+    side = math.isqrt(query.shape[0]) if query.dim() == 2 else 0
+    if query.dim() != 2 or side * side != query.shape[0] or side == QUERY_GRID:
+        return query
+    grid = query.reshape(side, side, -1).permute(2, 0, 1)[None].float()
+    return _resize_grid(grid, (QUERY_GRID, QUERY_GRID))[0].flatten(1).t().to(query.dtype).contiguous()
 
 
 def _resize_grid(grid: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""The one checkpoint path: formats, loud failures with exact messages, converters, safe unpickling."""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mmdualvit.checkpoint import (CheckpointError, convert_dualvit, convert_sequencer2d, load_backbone_checkpoint,
+                                  read_checkpoint)
+from mmdualvit.models import DualViT, Sequencer2D
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / 'tests' / 'data'
+sys.path.insert(0, str(DATA))
+from refweights import make_state_dict  # noqa: E402
+
+
+def official(name):
+    return make_state_dict(json.loads((DATA / f'{name}_imagenet_keys.json').read_text()))
+
+
+def to_timm(sd, layers):
+    """Official Sequencer2D names -> timm names (the inverse of the mapping under test, written independently)."""
+    out = OrderedDict()
+    for key, value in sd.items():
+        m = re.match(r'blocks\.(\d+)\.(\d+)\.(.*)', key)
+        if m:
+            i, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+            key = (f'stages.{i + 1}.downsample.{rest}' if j == layers[i] else f'stages.{i}.blocks.{j}.{rest}')
+        elif key.startswith('head.'):
+            key = 'head.fc.' + key[5:]
+        out[key] = value
+    return out
+
+
+@pytest.fixture(scope='module')
+def dualvit_s_sd():
+    return official('dualvit_s')
+
+
+@pytest.fixture(scope='module')
+def seq_s_sd():
+    return official('sequencer2d_s')
+
+
+def outputs(model, size=(64, 96)):
+    model.eval()
+    with torch.no_grad():
+        return model(torch.linspace(-1, 1, 3 * size[0] * size[1]).reshape(1, 3, *size))
+
+
+# ------------------------------------------------------------------------------------------------ formats
+def test_official_dualvit_pth_tar_with_namespace_loads(tmp_path, dualvit_s_sd, caplog):
+    path = tmp_path / 'checkpoint-309.pth.tar'
+    torch.save({'epoch': 309, 'arch': 'dualvit_s', 'state_dict': dualvit_s_sd, 'optimizer': {'state': {}},
+                'version': 2, 'args': argparse.Namespace(model='dualvit_s', lr=1e-3), 'metric': 84.1}, path)
+    model = DualViT(arch='s')
+    summary = load_backbone_checkpoint(model, str(path))
+    assert summary['loaded'] == len(model.state_dict()) == 540
+    assert sorted(summary['unused']) == sorted(k for k in dualvit_s_sd if k.startswith(
+        ('post_network.', 'head.', 'aux_head.', 'block4.2.mlp.fc_proxy.')))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, dualvit_s_sd[key]), key
+
+
+@pytest.mark.parametrize('wrap', ['raw', 'state_dict', 'model', 'module_prefix', 'backbone_prefix'])
+def test_wrappers_and_prefixes(tmp_path, dualvit_s_sd, wrap):
+    sd = dict(dualvit_s_sd)
+    if wrap == 'state_dict':
+        obj = {'state_dict': sd, 'meta': {'epoch': 1}}
+    elif wrap == 'model':
+        obj = {'model': sd}
+    elif wrap == 'module_prefix':
+        obj = {'state_dict': {'module.' + k: v for k, v in sd.items()}}
+    elif wrap == 'backbone_prefix':  # a detector checkpoint given as ImageNet weights: its backbone is taken
+        obj = {'state_dict': {**{'backbone.' + k: v for k, v in sd.items() if not k.startswith(
+            ('head.', 'aux_head.', 'post_network.'))}, 'neck.lateral_convs.0.conv.weight': torch.zeros(1)}}
+    else:
+        obj = sd
+    torch.save(obj, tmp_path / 'w.pth')
+    model = DualViT(arch='s')
+    load_backbone_checkpoint(model, str(tmp_path / 'w.pth'))
+    assert torch.equal(model.q, dualvit_s_sd['q'])
+
+
+def test_sequencer_official_and_timm_formats_give_identical_models(tmp_path, seq_s_sd):
+    timm_sd = to_timm(seq_s_sd, [4, 3, 8, 3])
+    assert 'stages.1.downsample.down.weight' in timm_sd and 'head.fc.weight' in timm_sd
+    torch.save(seq_s_sd, tmp_path / 'sequencer2d_s.pth')
+    save_file({k: v.contiguous() for k, v in timm_sd.items()}, str(tmp_path / 'model.safetensors'))
+    torch.save({'model': timm_sd}, tmp_path / 'timm_wrapped.pth')
+    results = []
+    for name in ['sequencer2d_s.pth', 'model.safetensors', 'timm_wrapped.pth']:
+        model = Sequencer2D(arch='s', pyramid='native')
+        load_backbone_checkpoint(model, str(tmp_path / name))
+        results.append(outputs(model, (56, 84)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_sequencer_converter_is_idempotent_and_inverts_timm(seq_s_sd):
+    timm_sd = to_timm(seq_s_sd, [4, 3, 8, 3])
+    once = convert_sequencer2d(timm_sd)
+    assert list(once) == list(seq_s_sd)
+    assert convert_sequencer2d(once) == once
+    assert convert_sequencer2d(seq_s_sd) == OrderedDict(seq_s_sd)
+
+
+def test_dualvit_converter_is_idempotent(dualvit_s_sd):
+    once = convert_dualvit({'state_dict': {'module.' + k: v for k, v in dualvit_s_sd.items()}, 'epoch': 3})
+    assert list(once) == list(dualvit_s_sd)
+    assert convert_dualvit(once) == once
+
+
+def test_learned_pyramid_adapters_are_reported_not_missing(tmp_path, seq_s_sd, capsys):
+    torch.save(seq_s_sd, tmp_path / 's.pth')
+    model = Sequencer2D(arch='s', pyramid='learned')
+    summary = load_backbone_checkpoint(model, str(tmp_path / 's.pth'))
+    assert sorted(summary['new']) == sorted(f'pyramid_adapters.{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
+    assert summary['unused'] == ['head.weight', 'head.bias']
+
+
+def test_query_from_384_training_loads_and_runs(tmp_path, dualvit_s_sd):
+    sd = dict(dualvit_s_sd)
+    grid = sd['q'].reshape(8, 8, -1).permute(2, 0, 1)[None]
+    sd['q'] = torch.nn.functional.interpolate(grid, size=(12, 12), mode='bicubic')[0].flatten(1).t().contiguous()
+    torch.save(sd, tmp_path / 'dualvit_s_384.pth')
+    model = DualViT(arch='s')
+    load_backbone_checkpoint(model, str(tmp_path / 'dualvit_s_384.pth'))
+    assert model.q.shape == (64, 64)
+    for size in [(64, 96), (160, 256), (384, 384)]:
+        assert outputs(model, size)[0].shape[-2:] == (size[0] // 4, size[1] // 4)
+
+
+def test_load_log_is_one_line(tmp_path, dualvit_s_sd):
+    torch.save(dualvit_s_sd, tmp_path / 'dualvit_s.pth')
+    code = ('from mmdualvit.models import DualViT; from mmdualvit.checkpoint import load_backbone_checkpoint; '
+            f'load_backbone_checkpoint(DualViT(arch="s"), {str(tmp_path / "dualvit_s.pth")!r})')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert proc.returncode == 0 and len(lines) == 1, lines
+    assert lines[0].endswith(
+        f'Loaded 540 tensors into DualViT from {tmp_path / "dualvit_s.pth"}: all backbone weights found. '
+        'Unused (expected, classifier-only): post_network.* (14), head.* (2), aux_head.* (2), '
+        'block4.2.mlp.fc_proxy.* (4).')
+
+
+# ------------------------------------------------------------------------------------------------ loud failures
+def test_missing_file():
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_checkpoint(DualViT(arch='s'), 'checkpoints/nope.pth')
+    assert str(err.value) == (
+        "checkpoint file 'checkpoints/nope.pth' does not exist. Download the official ImageNet weights (README, "
+        "'Checkpoints') and place them there, or point the config at them with --cfg-options "
+        'model.backbone.init_cfg.checkpoint=PATH (model.backbone.init_cfg=None trains from scratch).')
+
+
+def test_directory(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(str(tmp_path))
+    assert str(err.value) == (f'checkpoint path {str(tmp_path)!r} is a directory; give the checkpoint file inside '
+                              f'it (e.g. {str(tmp_path / "dualvit_s.pth")!r}).')
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_truncated(tmp_path, dualvit_s_sd, suffix):
+    path = tmp_path / f'w{suffix}'
+    if suffix == '.pth':
+        torch.save(dualvit_s_sd, path)
+    else:
+        save_file({k: v.contiguous() for k, v in dualvit_s_sd.items()}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_checkpoint(DualViT(arch='s'), str(path))
+    message = str(err.value)
+    assert message.startswith(f'checkpoint file {str(path)!r} is truncated or corrupt (')
+    assert message.endswith('); download it again and compare its SHA-256.')
+
+
+def test_other_variant_lists_shape_mismatches(tmp_path):
+    torch.save(official('dualvit_b'), tmp_path / 'dualvit_b.pth')
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'dualvit_b.pth'))
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {str(tmp_path / 'dualvit_b.pth')!r} does not fit this DualViT: ")
+    assert re.search(r': (\d+) of 540 tensors have other shapes \(e\.g\. patch_embed1\.conv\.0\.weight: '
+                     r'checkpoint \(64, 3, 7, 7\) vs model \(32, 3, 7, 7\);', message)
+    assert message.endswith("It is probably another variant or architecture (a Dual-ViT checkpoint); use the "
+                            "checkpoint that matches the config's arch, or change `arch`.")
+    assert message.count(' vs model ') == 3  # a few at most
+
+
+def test_other_architecture(tmp_path, seq_s_sd):
+    torch.save(seq_s_sd, tmp_path / 'sequencer2d_s.pth')
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'sequencer2d_s.pth'))
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {str(tmp_path / 'sequencer2d_s.pth')!r} lacks 540 of 540 DualViT "
+                              'parameters/buffers (e.g. q, q_embed.0.weight, q_embed.0.bias); loading it would leave '
+                              'them randomly initialised. The file looks like a Sequencer2D checkpoint')
+
+
+def test_partial_checkpoint_is_an_error(tmp_path, dualvit_s_sd):
+    sd = {k: v for k, v in dualvit_s_sd.items() if not k.startswith('block3.5.')}
+    torch.save(sd, tmp_path / 'partial.pth')
+    model = DualViT(arch='s')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r'lacks 22 of 540 DualViT parameters/buffers \(e\.g\. '
+                                              r'block3\.5\.gamma1, block3\.5\.gamma2, block3\.5\.norm1\.weight\)'):
+        load_backbone_checkpoint(model, str(tmp_path / 'partial.pth'))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), 'nothing may be half-loaded'
+
+
+def test_unknown_extra_keys_are_an_error(tmp_path, dualvit_s_sd):
+    torch.save({**dualvit_s_sd, 'block5.0.weight': torch.zeros(3)}, tmp_path / 'extra.pth')
+    with pytest.raises(CheckpointError, match=r"holds 1 tensors this DualViT does not have \(e\.g\. block5\.0\.weight\)"):
+        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'extra.pth'))
+
+
+def test_refuses_pickles_needing_unsafe_globals(tmp_path):
+    torch.save({'state_dict': {}, 'hook': print}, tmp_path / 'needs_global.pth')
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(str(tmp_path / 'needs_global.pth'))
+    assert str(err.value).startswith(f"checkpoint file {str(tmp_path / 'needs_global.pth')!r} needs print "
+                                     'to unpickle, which safe loading (weights_only=True) refuses: unpickling it '
+                                     'could run code. If you trust where the file comes from, convert it once with')
+
+
+class _Payload:
+    """Unpickling this object would create a file (the classic pickle exploit)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.target}', ))
+
+
+def test_malicious_pickle_executes_nothing(tmp_path):
+    marker = tmp_path / 'pwned'
+    torch.save({'state_dict': {'q': torch.zeros(1)}, 'x': _Payload(marker)}, tmp_path / 'evil.pth')
+    with pytest.raises(CheckpointError, match='needs posix.system to unpickle'):
+        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'evil.pth'))
+    assert not marker.exists()
+    # and the same file through mmdualvit's Pretrained init of a backbone config
+    model = DualViT(arch='s', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'evil.pth')))
+    with pytest.raises(CheckpointError):
+        model.init_weights()
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------ converters CLI
+@pytest.mark.parametrize('tool,name,fmt', [('dualvit2mmdualvit.py', 'dualvit_s', 'official'),
+                                           ('sequencer2mmdualvit.py', 'sequencer2d_s', 'timm')])
+def test_converter_cli(tmp_path, tool, name, fmt):
+    sd = official(name)
+    src = tmp_path / 'src.pth'
+    if fmt == 'timm':
+        save_file({k: v.contiguous() for k, v in to_timm(sd, [4, 3, 8, 3]).items()},
+                  str(tmp_path / 'src.safetensors'))
+        src = tmp_path / 'src.safetensors'
+    else:
+        torch.save({'state_dict': sd, 'args': argparse.Namespace(a=1), 'epoch': 309}, src)
+    dst = tmp_path / 'out' / f'{name}.pth'
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / tool), str(src), str(dst)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert proc.returncode == 0, proc.stderr
+    converted = torch.load(dst, map_location='cpu', weights_only=True)
+    assert sorted(converted) == sorted(sd)
+    assert all(torch.equal(converted[k], sd[k]) for k in sd)
+    import hashlib
+    digest = hashlib.sha256(dst.read_bytes()).hexdigest()
+    assert f'sha256 {digest}' in proc.stdout
+    assert f'kept {len(sd)} tensors' in proc.stdout
+    # converting the converted file changes nothing
+    again = tmp_path / 'again.pth'
+    subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / tool), str(dst), str(again)],
+                   check=True, capture_output=True)
+    assert torch.load(again, weights_only=True).keys() == converted.keys()

@@ -1,0 +1,8 @@
+"""Convert a Sequencer2D checkpoint (official release .pth or timm .pth/.safetensors) to mmdualvit's naming.
+
+    python tools/model_converters/sequencer2mmdualvit.py model.safetensors checkpoints/sequencer2d_s.pth
+"""
+from mmdualvit.checkpoint import convert_sequencer2d, converter_cli
+
+if __name__ == '__main__':
+    converter_cli(convert_sequencer2d, __doc__.strip().splitlines()[0])
