@@ -1,0 +1,59 @@
+"""Registration: one mmdualvit registry node reachable from mmdet, mmseg and mmpretrain."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+BUILD = r'''
+import sys
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+scope = sys.argv[1]
+cfg = Config(dict(default_scope=scope, custom_imports=dict(imports=['mmdualvit'], allow_failed_imports=False)))
+from mmengine.utils import import_modules_from_strings
+import_modules_from_strings(**cfg.custom_imports)
+init_default_scope(scope)
+registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+for spec in [dict(type='mmdualvit.DualViT', arch='s'), dict(type='mmdualvit.Sequencer2D', arch='s')]:
+    model = registry.build(spec)
+    print(scope, type(model).__module__, type(model).__name__)
+'''
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_build_through_each_library_registry(scope):
+    proc = subprocess.run([sys.executable, '-c', BUILD, scope], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split('\n')[:2] == [
+        f'{scope} mmdualvit.models.backbones.dual_vit DualViT',
+        f'{scope} mmdualvit.models.backbones.sequencer2d Sequencer2D'
+    ]
+
+
+def test_import_does_not_pull_in_mmdet_or_mmseg():
+    code = ('import sys, mmdualvit; print(sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("mmdet", "mmseg", "mmpretrain")))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '[]'
+
+
+def test_one_registry_node_under_mmengine_root():
+    import mmengine.registry as root
+    from mmdualvit.registry import HOOKS, MODELS
+    assert MODELS.scope == 'mmdualvit' and MODELS.parent is root.MODELS
+    assert root.MODELS.children['mmdualvit'] is MODELS
+    assert HOOKS.parent is root.HOOKS
+    assert MODELS.get('DualViT').__name__ == 'DualViT' and MODELS.get('Sequencer2D').__name__ == 'Sequencer2D'
+
+
+def test_stack_runs_on_numpy_2():
+    """The pinned stack is used with numpy 2 (mmcv image ops and pycocotools included)."""
+    import mmcv
+    from pycocotools import mask as mask_utils
+    assert int(np.__version__.split('.')[0]) >= 2
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    assert mmcv.imresize(image, (15, 10)).shape == (10, 15, 3)
+    rle = mask_utils.encode(np.asfortranarray(np.ones((4, 5), dtype=np.uint8)))
+    assert mask_utils.area(rle) == 20
