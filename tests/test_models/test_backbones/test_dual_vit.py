@@ -1,0 +1,477 @@
+"""Tests of the DualViT backbone against the official key lists and reference outputs in tests/data."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import mmdualvit  # noqa: F401  (registers the models)
+from mmdualvit.models import DualViT
+from utils import (assert_matches, grads_and_outputs, load_reference_weights, matches, official_keys,
+                   reference_features, reference_input, reference_state_dict, stored_inputs)
+
+EMBED_DIMS = {'s': [64, 128, 320, 448], 'b': [64, 128, 320, 512], 'l': [96, 192, 384, 512]}
+DEPTHS = {'s': [3, 4, 6, 3], 'b': [3, 4, 15, 3], 'l': [3, 6, 21, 3]}
+ALIASES = {'small': 's', 'base': 'b', 'large': 'l'}
+STAGE12_MODULES = ['patch_embed1', 'q', 'q_embed', 'kv', 'se', 'proxy_ln', 'block1', 'norm1', 'norm_proxy1',
+                   'patch_embed2', 'proxy_embed2', 'block2', 'norm2', 'norm_proxy2']
+STAGE34_MODULES = ['patch_embed3', 'proxy_embed3', 'block3', 'norm3', 'norm_proxy3', 'patch_embed4',
+                   'proxy_embed4', 'block4', 'norm4']
+
+
+def _name(arch):
+    return f'dualvit_{arch}'
+
+
+def _is_classifier_only(key, arch):
+    """The 22 keys of the official ImageNet checkpoint that the dense backbone does not use."""
+    last = DEPTHS[arch][3] - 1
+    return key.startswith(('post_network.', 'head.', 'aux_head.', f'block4.{last}.mlp.fc_proxy.'))
+
+
+def _dense_spec(arch):
+    return {k: v for k, v in official_keys(_name(arch)).items() if not _is_classifier_only(k, arch)}
+
+
+def _shapes(state_dict):
+    return {k: list(v.shape) for k, v in state_dict.items()}
+
+
+def _stage_sizes(size):
+    """Spatial sizes of the 4 outputs: conv7x7/2 p3, conv3x3/2 p1, then one conv3x3/2 p1 per later stage."""
+    sizes = [(size - 1) // 2 + 1]
+    for _ in range(4):
+        sizes.append((sizes[-1] - 1) // 2 + 1)
+    return sizes[1:]
+
+
+def _reference_model(arch='s', **kwargs):
+    return load_reference_weights(DualViT(arch=arch, **kwargs), _name(arch)).eval()
+
+
+# ---------------------------------------------------------------------------------------------- arch table
+@pytest.mark.parametrize('arch', ['s', 'small', 'b', 'base', 'l', 'large', 'S'])
+def test_arch_names(arch):
+    key = ALIASES.get(arch.lower(), arch.lower())
+    model = DualViT(arch=arch)
+    assert model.embed_dims == EMBED_DIMS[key]
+    assert model.depths == DEPTHS[key]
+    assert model.out_channels == EMBED_DIMS[key]
+    for i in range(4):
+        assert len(getattr(model, f'block{i + 1}')) == DEPTHS[key][i]
+        assert getattr(model, f'norm{i + 1}').normalized_shape == (EMBED_DIMS[key][i], )
+        assert getattr(model, f'norm{i + 1}').eps == 1e-6
+    assert model.q.shape == (64, EMBED_DIMS[key][0])
+
+
+def test_unknown_arch_name():
+    with pytest.raises(ValueError, match='tiny'):
+        DualViT(arch='tiny')
+
+
+TINY = dict(stem_hidden_dim=8, embed_dims=[16, 32, 32, 48], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 3],
+            mlp_ratios=[2, 2, 2, 2])
+
+
+def test_custom_arch_dict():
+    model = DualViT(arch=dict(TINY)).eval()
+    assert model.embed_dims == [16, 32, 32, 48]
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 16, 16, 16), (1, 32, 8, 8), (1, 32, 4, 4), (1, 48, 2, 2)]
+
+
+def test_custom_arch_dict_errors():
+    missing = {k: v for k, v in TINY.items() if k != 'num_heads'}
+    with pytest.raises(ValueError, match='num_heads'):
+        DualViT(arch=missing)
+    with pytest.raises(ValueError, match='qkv_bias'):
+        DualViT(arch=dict(TINY, qkv_bias=True))
+    with pytest.raises(ValueError):
+        DualViT(arch=dict(TINY, depths=[1, 1, 1]))
+    with pytest.raises(TypeError):
+        DualViT(arch=3)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(out_type='cls'),
+    dict(out_type=None),
+    dict(frozen_stages=5),
+    dict(frozen_stages=-2),
+    dict(out_indices=(4, )),
+    dict(out_indices=(-5, )),
+    dict(out_indices=(0, 0)),
+    dict(out_indices=(3, -1)),
+])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        DualViT(arch='s', **kwargs)
+
+
+def test_out_indices_normalised():
+    assert DualViT(arch='s', out_indices=(-1, 0)).out_indices == (0, 3)
+    assert DualViT(arch='s', out_indices=2).out_indices == (2, )
+    assert DualViT(arch='s', out_indices=(3, 1)).out_channels == [128, 448]
+
+
+# ---------------------------------------------------------------------------------------------- keys and sizes
+@pytest.mark.parametrize('arch', ['s', 'b', 'l'])
+def test_state_dict_matches_official_keys(arch):
+    spec = official_keys(_name(arch))
+    dense = _dense_spec(arch)
+    assert len(spec) - len(dense) == 22
+    sd = DualViT(arch=arch).state_dict()
+    assert set(sd) == set(dense)
+    assert _shapes(sd) == {k: shape for k, (shape, _) in dense.items()}
+    for key, (_, dtype) in dense.items():
+        assert str(sd[key].dtype) == f'torch.{dtype}', key
+
+
+@pytest.mark.parametrize('arch, millions', [('s', 21.74), ('b', 38.45), ('l', None)])
+def test_parameter_count(arch, millions):
+    model = DualViT(arch=arch, out_type='featmap')
+    count = sum(p.numel() for p in model.parameters())
+    buffers = ('running_mean', 'running_var', 'num_batches_tracked')
+    expected = sum(math.prod(shape) for k, (shape, _) in _dense_spec(arch).items() if not k.endswith(buffers))
+    assert count == expected
+    if millions is not None:
+        assert round(count / 1e6, 2) == millions
+
+
+# ---------------------------------------------------------------------------------------------- reference outputs
+REFERENCE_CASES = [(arch, name) for arch in 'sbl' for name in stored_inputs(_name(arch))]
+
+
+@pytest.fixture(scope='module', params=['s', 'b', 'l'])
+def reference_model(request):
+    return request.param, _reference_model(request.param)
+
+
+def test_reference_cases_cover_all_stored_inputs():
+    assert REFERENCE_CASES == [('s', 'in160x256'), ('s', 'in224x224'), ('b', 'in160x256'), ('l', 'in160x256')]
+
+
+def test_reference_outputs(reference_model):
+    arch, model = reference_model
+    ref = reference_features(_name(arch))
+    for name in stored_inputs(_name(arch)):
+        with torch.no_grad():
+            outs = model(reference_input(name))
+        assert len(outs) == 4
+        for i, out in enumerate(outs):
+            assert_matches(out, ref[f'{name}_out{i}'], f'{arch} {name} out{i}')
+
+
+def test_reference_negative_control():
+    """The check catches a block/stage LayerNorm eps of 1e-5 instead of 1e-6 (a slip the README lists)."""
+    model = _reference_model('s')
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) and module.eps == 1e-6:
+            module.eps = 1e-5
+            changed += 1
+    assert changed == 2 * sum(DEPTHS['s']) + 4 + 3
+    ref = reference_features('dualvit_s')
+    with torch.no_grad():
+        outs = model(reference_input('in160x256'))
+    assert not any(matches(out, ref[f'in160x256_out{i}']) for i, out in enumerate(outs))
+
+
+def test_unfused_attention_matches_reference():
+    fused = _reference_model('s')
+    unfused = _reference_model('s', fused_attention=False)
+    assert all(not m.fused for m in unfused.modules() if hasattr(m, 'fused'))
+    ref = reference_features('dualvit_s')
+    x = reference_input('in160x256')
+    with torch.no_grad():
+        outs_fused, outs_unfused = fused(x), unfused(x)
+    for i, (a, b) in enumerate(zip(outs_fused, outs_unfused)):
+        assert_matches(b, ref[f'in160x256_out{i}'], f'unfused out{i}')
+        assert_matches(b, a.numpy(), f'unfused vs fused out{i}')
+
+
+# ---------------------------------------------------------------------------------------------- out_type='raw'
+def test_raw_output_type():
+    model = DualViT(arch='s', out_type='raw')
+    assert not hasattr(model, 'norm4')
+    assert model.block4[-1].mlp.fc_proxy is not None
+    assert all(block.mlp.fc_proxy is not None for block in list(model.block3) + list(model.block4))
+    spec = official_keys('dualvit_s')
+    expected = {
+        k: shape
+        for k, (shape, _) in spec.items() if not k.startswith(('post_network.', 'head.', 'aux_head.', 'norm4.'))
+    }
+    assert _shapes(model.state_dict()) == expected
+
+    load_reference_weights(model, 'dualvit_s').eval()
+    ref = reference_features('dualvit_s')
+    for name in stored_inputs('dualvit_s'):
+        x = reference_input(name)
+        with torch.no_grad():
+            outs = model(x)
+        h4, w4 = (_stage_sizes(s)[0] for s in x.shape[2:])
+        h32, w32 = (_stage_sizes(s)[3] for s in x.shape[2:])
+        num_semantic = (h4 // 7) * (w4 // 7)
+        assert outs[3].shape == (1, h32 * w32 + num_semantic, 448)
+        for i in range(3):
+            assert_matches(outs[i], ref[f'{name}_out{i}'], f'raw {name} out{i}')
+        # The pixel tokens of the raw output, normalised with the checkpoint's norm4, are the dense out3.
+        sd = reference_state_dict('dualvit_s')
+        pixels = F.layer_norm(outs[3][:, :h32 * w32], (448, ), sd['norm4.weight'], sd['norm4.bias'], eps=1e-6)
+        assert_matches(pixels.transpose(1, 2).reshape(1, 448, h32, w32), ref[f'{name}_out3'], f'raw {name} out3')
+
+
+def test_raw_output_batch_and_indices():
+    model = DualViT(arch=dict(TINY), out_type='raw', out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 64, 96))
+    # stride-4 map 16x24 -> 2x3 semantic tokens; stride-32 map 2x3
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 8, 12), (2, 6 + 6, 48)]
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('size', [(29, 57), (113, 137), (224, 224)])
+def test_output_shapes_and_strides(size, train):
+    model = DualViT(arch='s', drop_path_rate=0.1).train(train)
+    with torch.set_grad_enabled(train):
+        outs = model(torch.randn(2, 3, *size))
+    hs, ws = _stage_sizes(size[0]), _stage_sizes(size[1])
+    assert [tuple(o.shape) for o in outs] == [(2, c, h, w) for c, h, w in zip(EMBED_DIMS['s'], hs, ws)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize('size', [(29, 57), (113, 137)])
+@pytest.mark.parametrize('out_indices', [(0, ), (1, 3), (2, ), (3, ), (0, 1, 2), (-1, -3)])
+def test_out_indices_subsets(out_indices, size):
+    full = _reference_model('s')
+    subset = DualViT(arch='s', out_indices=out_indices).eval()
+    subset.load_state_dict(full.state_dict(), strict=True)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        outs_full, outs = full(x), subset(x)
+    indices = sorted(i % 4 for i in out_indices)
+    assert subset.out_channels == [EMBED_DIMS['s'][i] for i in indices]
+    assert len(outs) == len(indices)
+    for i, out in zip(indices, outs):
+        assert torch.equal(out, outs_full[i])
+
+
+@pytest.mark.slow
+def test_output_shapes_detection_size():
+    model = DualViT(arch='s').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 800, 1344))
+    assert [tuple(o.shape) for o in outs] == [(1, 64, 200, 336), (1, 128, 100, 168), (1, 320, 50, 84),
+                                             (1, 448, 25, 42)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_minimum_input_size():
+    model = DualViT(arch='s').eval()
+    for size in [(27, 64), (64, 27), (16, 16)]:
+        with pytest.raises(ValueError, match='28'):
+            model(torch.randn(1, 3, *size))
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 28, 28))
+    assert [tuple(o.shape[2:]) for o in outs] == [(7, 7), (4, 4), (2, 2), (1, 1)]
+
+
+# ---------------------------------------------------------------------------------------------- training options
+def _params_under(model, names):
+    params = []
+    for name in names:
+        attr = getattr(model, name)
+        params += [attr] if isinstance(attr, nn.Parameter) else list(attr.parameters())
+    return params
+
+
+def test_frozen_stages():
+    model = DualViT(arch='s', frozen_stages=2, stem_norm_cfg=dict(type='BN', requires_grad=True))
+    model.train()
+    frozen = _params_under(model, STAGE12_MODULES)
+    trainable = _params_under(model, STAGE34_MODULES)
+    assert len(frozen) + len(trainable) == len(list(model.parameters()))
+    assert all(not p.requires_grad for p in frozen)
+    assert all(p.requires_grad for p in trainable)
+    for name in STAGE12_MODULES:
+        module = getattr(model, name)
+        if isinstance(module, nn.Module):
+            assert all(not m.training for m in module.modules()), name
+    assert all(m.training for name in STAGE34_MODULES for m in getattr(model, name).modules())
+
+    # Frozen BN statistics do not move in a training forward; frozen parameters get no gradient.
+    bn = model.patch_embed1.conv[1]
+    assert isinstance(bn, _BatchNorm) and not bn.training
+    stats = bn.running_mean.clone()
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    assert torch.equal(bn.running_mean, stats)
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in trainable)
+
+    # A second train() (as the runner calls it) keeps everything frozen.
+    model.train()
+    assert not model.block2.training and not bn.training and model.block3.training
+    assert all(not p.requires_grad for p in frozen)
+
+
+def test_frozen_stages_one():
+    model = DualViT(arch='s', frozen_stages=1, stem_norm_cfg=dict(type='BN', requires_grad=True)).train()
+    assert not model.q.requires_grad and not model.block1.training
+    assert all(not p.requires_grad for p in model.patch_embed1.parameters())
+    assert all(p.requires_grad for p in model.patch_embed2.parameters())
+    assert all(p.requires_grad for p in model.proxy_embed2.parameters())
+    assert model.block2.training
+
+
+def test_no_frozen_stages():
+    model = DualViT(arch='s', stem_norm_cfg=dict(type='BN', requires_grad=True)).train()
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(m.training for m in model.modules())
+
+
+def test_default_stem_bn_affine_is_frozen():
+    model = DualViT(arch='s').train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert len(bns) == 3
+    assert all(not p.requires_grad for bn in bns for p in bn.parameters())
+    assert all(bn.training for bn in bns)  # statistics still update unless norm_eval
+
+
+@pytest.mark.parametrize('norm_eval', [False, True])
+def test_norm_eval(norm_eval):
+    model = DualViT(arch='s', norm_eval=norm_eval).train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert len(bns) == 3
+    assert all(bn.training != norm_eval for bn in bns)
+    assert model.block1.training and model.patch_embed1.proj.training
+    if norm_eval:
+        stats = bns[0].running_mean.clone()
+        model(torch.randn(2, 3, 64, 64))
+        assert torch.equal(bns[0].running_mean, stats)
+
+
+def test_drop_path_rates():
+    model = DualViT(arch='s', drop_path_rate=0.2)
+    rates = torch.linspace(0, 0.2, sum(DEPTHS['s'])).tolist()
+    blocks = [b for i in range(4) for b in getattr(model, f'block{i + 1}')]
+    assert len(blocks) == len(rates)
+    for block, rate in zip(blocks, rates):
+        if rate == 0:
+            assert isinstance(block.drop_path, nn.Identity)
+        else:
+            assert block.drop_path.drop_prob == pytest.approx(rate)
+
+
+def test_with_cp_equivalence(monkeypatch):
+    import torch.utils.checkpoint as cp
+    calls = []
+    original = cp.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cp, 'checkpoint', counting_checkpoint)
+    kwargs = dict(arch='s', drop_path_rate=0., stem_norm_cfg=dict(type='BN', requires_grad=True))
+    plain = DualViT(**kwargs)
+    load_reference_weights(plain, 'dualvit_s')
+    ckpt = DualViT(with_cp=True, **kwargs)
+    ckpt.load_state_dict(plain.state_dict(), strict=True)
+    plain.train(), ckpt.train()
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    outs_plain, grads_plain = grads_and_outputs(plain, x)
+    assert not calls
+    outs_ckpt, grads_ckpt = grads_and_outputs(ckpt, x)
+    assert len(calls) == sum(DEPTHS['s'])
+    for a, b in zip(outs_plain, outs_ckpt):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    assert set(grads_plain) == set(grads_ckpt) == {n for n, p in plain.named_parameters()}
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _square_query(q, side):
+    grid = q.reshape(8, 8, -1).permute(2, 0, 1)[None]
+    return F.interpolate(grid, size=(side, side), mode='bicubic', align_corners=False)[0].flatten(1).t()
+
+
+@pytest.mark.parametrize('loader', ['torch', 'mmengine'])
+def test_semantic_query_resize_on_load(loader, tmp_path):
+    sd = {k: v for k, v in reference_state_dict('dualvit_s').items() if not _is_classifier_only(k, 's')}
+    q12 = _square_query(sd['q'], 12).contiguous()
+    assert q12.shape == (144, 64)
+    sd['q'] = q12
+    model = DualViT(arch='s').eval()
+    if loader == 'torch':
+        model.load_state_dict(sd, strict=True)
+        assert sd['q'].shape == (144, 64)  # the caller's dict is left alone
+    else:
+        from mmengine.runner import load_checkpoint, save_checkpoint
+        path = str(tmp_path / 'q12.pth')
+        save_checkpoint({'state_dict': sd}, path)
+        load_checkpoint(model, path, map_location='cpu', strict=True)
+    assert model.q.shape == (64, 64)
+    grid = q12.t().reshape(1, 64, 12, 12)
+    expected = F.interpolate(grid, size=(8, 8), mode='bicubic', align_corners=False)[0].flatten(1).t()
+    torch.testing.assert_close(model.q.detach(), expected, rtol=0, atol=1e-6)
+    # 8 -> 12 -> 8 bicubic is close to (not exactly) the original query
+    assert (model.q.detach() - reference_state_dict('dualvit_s')['q']).abs().max() < 0.5
+    with torch.no_grad():
+        outs = model(reference_input('in160x256'))
+    assert [tuple(o.shape) for o in outs] == [(1, 64, 40, 64), (1, 128, 20, 32), (1, 320, 10, 16), (1, 448, 5, 8)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_semantic_query_same_grid_loads_unchanged():
+    model = _reference_model('s')
+    torch.testing.assert_close(model.q.detach(), reference_state_dict('dualvit_s')['q'], rtol=0, atol=0)
+
+
+def test_semantic_query_non_square_rejected():
+    sd = {k: v for k, v in reference_state_dict('dualvit_s').items() if not _is_classifier_only(k, 's')}
+    sd['q'] = torch.zeros(50, 64)
+    with pytest.raises(RuntimeError, match='q'):
+        DualViT(arch='s').load_state_dict(sd, strict=True)
+
+
+def test_mmengine_checkpoint_round_trip(tmp_path):
+    from mmengine.runner import load_checkpoint, save_checkpoint
+    model = _reference_model('s')
+    path = str(tmp_path / 'dualvit_s.pth')
+    save_checkpoint({'state_dict': model.state_dict()}, path)
+    model2 = DualViT(arch='s').eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        before = model2(x)
+        expected = model(x)
+    assert not torch.allclose(before[0], expected[0])
+    load_checkpoint(model2, path, map_location='cpu', strict=True)
+    with torch.no_grad():
+        after = model2(x)
+    for a, b in zip(after, expected):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- registries
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_build_from_downstream_registry(scope):
+    import importlib
+
+    from mmengine.registry import DefaultScope
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = registry.build(dict(type='mmdualvit.DualViT', arch='b', out_indices=(1, 2)))
+    assert type(model) is DualViT
+    assert model.embed_dims == EMBED_DIMS['b'] and model.out_indices == (1, 2)
+
+
+def test_import_does_not_pull_downstream_packages():
+    code = 'import sys, mmdualvit; print(sorted(m for m in ("mmdet", "mmseg", "mmpretrain") if m in sys.modules))'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'

@@ -1,0 +1,116 @@
+"""Helpers shared by the backbone tests: official key lists, reference weights/inputs/outputs and the
+reference tolerance check of tests/data (see the README of the reference data, "Recommended check")."""
+import functools
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_DIR = Path(__file__).resolve().parent / 'data'
+
+
+def _import_refweights():
+    spec = importlib.util.spec_from_file_location('mmdualvit_tests_refweights', DATA_DIR / 'refweights.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_refweights = _import_refweights()
+make_input = _refweights.make_input
+
+# Stored inputs: npz prefix -> (shape, seed)
+INPUTS = {
+    'in160x256': ((1, 3, 160, 256), 0),
+    'in224x224': ((1, 3, 224, 224), 1),
+    'in196x252': ((1, 3, 196, 252), 0),
+}
+
+# Tolerance of the reference data: per array, with s = ref.std()
+MAX_TOL = 2e-5
+MEAN_TOL = 1.5e-6
+
+
+def official_keys(model_name: str) -> dict:
+    """``{key: [shape, dtype]}`` of the official classification checkpoint of ``model_name`` (e.g. 'dualvit_s')."""
+    return dict(_official_keys(model_name))
+
+
+@functools.lru_cache(maxsize=None)
+def _official_keys(model_name):
+    with open(DATA_DIR / f'{model_name}_imagenet_keys.json') as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_state_dict(model_name):
+    return _refweights.make_state_dict(_official_keys(model_name))
+
+
+def reference_state_dict(model_name: str) -> dict:
+    """Synthetic weights under the official key names (a fresh dict; the tensors are shared, do not modify them)."""
+    return dict(_reference_state_dict(model_name))
+
+
+def load_reference_weights(model: torch.nn.Module, model_name: str) -> torch.nn.Module:
+    """Load the synthetic official weights restricted to the model's keys, strictly (no missing key allowed)."""
+    sd = reference_state_dict(model_name)
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_features(model_name):
+    with np.load(DATA_DIR / f'{model_name}_features.npz') as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def reference_features(model_name: str) -> dict:
+    return dict(_reference_features(model_name))
+
+
+def stored_inputs(model_name: str) -> list:
+    """Names (npz prefixes) of the inputs whose stage outputs are stored for ``model_name``."""
+    feats = _reference_features(model_name)
+    return [name for name in INPUTS if f'{name}_out0' in feats]
+
+
+def reference_input(name: str) -> torch.Tensor:
+    shape, seed = INPUTS[name]
+    return make_input(shape, seed)
+
+
+def match_stats(out, ref) -> tuple:
+    """(max|Δ|/s, mean|Δ|/s) with s = ref.std()."""
+    if torch.is_tensor(out):
+        out = out.detach().cpu().numpy()
+    ref = np.asarray(ref)
+    assert out.shape == ref.shape, f'shape {out.shape} != reference shape {ref.shape}'
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    scale = float(ref.std())
+    return float(diff.max()) / scale, float(diff.mean()) / scale
+
+
+def matches(out, ref) -> bool:
+    max_rel, mean_rel = match_stats(out, ref)
+    return max_rel <= MAX_TOL and mean_rel <= MEAN_TOL
+
+
+def assert_matches(out, ref, name: str = '') -> None:
+    max_rel, mean_rel = match_stats(out, ref)
+    assert max_rel <= MAX_TOL and mean_rel <= MEAN_TOL, (
+        f'{name}: max|d|/s = {max_rel:.3g} (limit {MAX_TOL:g}), mean|d|/s = {mean_rel:.3g} (limit {MEAN_TOL:g})')
+
+
+def grads_and_outputs(model: torch.nn.Module, x: torch.Tensor):
+    """Forward ``x``, backprop a fixed random projection of all outputs, return (outputs, {name: grad})."""
+    model.zero_grad(set_to_none=True)
+    outs = model(x)
+    gen = torch.Generator().manual_seed(123)
+    loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return [o.detach() for o in outs], grads
