@@ -13,7 +13,7 @@ from mmdualvit.datasets import make_toy_coco
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
-FAST = ['train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2']
+FAST = ['train_cfg.val_interval=1000', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2']
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +85,17 @@ def test_dist_train_two_gloo_processes_on_cpu(toy_root):
     assert 'Iter(train) [2/2]' in log
     checkpoint = torch.load(work / 'iter_2.pth', map_location='cpu', weights_only=True)
     assert checkpoint['meta']['iter'] == 2
+
+
+def test_segmentation_train_and_test_report_miou(tmp_path):
+    from mmdualvit.datasets import make_toy_ade
+    make_toy_ade(tmp_path / 'data' / 'toy_ade', num_train=12, num_val=4, image_size=(96, 96), seed=2)
+    config = REPO / 'configs' / 'toy' / 'upernet_dualvit_toy.py'
+    run_tool([sys.executable, str(REPO / 'tools/train.py'), str(config), '--work-dir', str(tmp_path / 'w'),
+              '--cfg-options', 'train_cfg.max_iters=60', 'train_cfg.val_interval=1000',
+              'default_hooks.checkpoint.interval=60'], cwd=tmp_path)
+    log = run_tool([sys.executable, str(REPO / 'tools/test.py'), str(config), str(tmp_path / 'w' / 'iter_60.pth'),
+                    '--work-dir', str(tmp_path / 't'), '--show-dir', str(tmp_path / 'show')], cwd=tmp_path)
+    miou = float(re.search(r'mIoU: ([0-9.]+)', log).group(1))
+    assert miou > 50, log[-2000:]  # chance level for 3 classes is about 33
+    assert len(list((tmp_path / 'show').rglob('*.png'))) == 4
