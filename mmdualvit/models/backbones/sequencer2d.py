@@ -45,9 +45,12 @@ class BiLSTM2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         vertical, _ = self.rnn_v(x.transpose(1, 2).reshape(b * w, h, c))
-        vertical = vertical.view(b, w, h, -1).transpose(1, 2)
         horizontal, _ = self.rnn_h(x.reshape(b * h, w, c))
-        return self.fc(torch.cat([vertical, horizontal.view(b, h, w, -1)], dim=-1))
+        # fc(cat([v, h])) computed as fc_h(h) + fc_v(v): the vertical half is projected in its own (B, W, H) layout
+        # and added transposed, which saves the concatenation and the transpose copy of the wider LSTM output.
+        weight_v, weight_h = self.fc.weight.split(vertical.shape[-1], dim=1)
+        out = F.linear(horizontal, weight_h, self.fc.bias).view(b, h, w, c)
+        return out.add_(F.linear(vertical, weight_v).view(b, w, h, c).transpose(1, 2))
 
 
 class ChannelMLP(nn.Module):
