@@ -4,13 +4,16 @@ mmengine 0.10.7 checkpoints pickle the message hub's ``HistoryBuffer`` objects (
 ``HistoryBuffer.__getstate__``, references to its statistics *functions*, which unpickle via ``builtins.getattr``.
 Allow-listing ``getattr`` would let any pickle reach arbitrary attributes, so we do not. Instead:
 
-- the data-only types such checkpoints hold (``HistoryBuffer``, numpy arrays, dtypes and scalars) are allow-listed
+- the data-only types such checkpoints hold (``HistoryBuffer``, numpy arrays, dtypes and scalars, and the
+  ``argparse.Namespace`` of official Dual-ViT checkpoints) are allow-listed
   when ``mmdualvit`` is imported; none of them runs code when unpickled;
 - :class:`PortableHistoryBuffer` pickles without the function references, and
   :class:`mmdualvit.engine.WeightsOnlyCheckpointHook` (in every mmdualvit config) swaps it in right before a
   checkpoint is written. Checkpoints our Runner writes therefore load with ``weights_only=True``: ``--resume``,
   ``load_from`` and ``tools/test.py`` work, while foreign files stay under the strict default.
 """
+import argparse
+
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
@@ -37,5 +40,6 @@ def _numpy_globals():
     return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
-SAFE_GLOBALS = [HistoryBuffer, PortableHistoryBuffer, *_numpy_globals()]
+# argparse.Namespace: the official Dual-ViT checkpoints (timm trainer) pickle their command-line arguments.
+SAFE_GLOBALS = [argparse.Namespace, HistoryBuffer, PortableHistoryBuffer, *_numpy_globals()]
 torch.serialization.add_safe_globals(SAFE_GLOBALS)

@@ -99,3 +99,28 @@ def test_segmentation_train_and_test_report_miou(tmp_path):
     miou = float(re.search(r'mIoU: ([0-9.]+)', log).group(1))
     assert miou > 50, log[-2000:]  # chance level for 3 classes is about 33
     assert len(list((tmp_path / 'show').rglob('*.png'))) == 4
+
+
+def test_sigkill_during_training_then_resume_completes(toy_root):
+    """A run killed with SIGKILL after saving resumes from a complete checkpoint and reaches max_iters."""
+    import signal
+    import time
+    work = toy_root / 'killed'
+    args = [sys.executable, str(REPO / 'tools/train.py'), str(TOY_DET), '--work-dir', str(work), '--cfg-options',
+            'train_cfg.max_iters=8', *FAST]
+    proc = subprocess.Popen(args, cwd=toy_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    deadline = time.time() + 600
+    while not (work / 'iter_4.pth').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    log = run_tool(args[:-len(FAST) - 2] + ['--resume', '--cfg-options', 'train_cfg.max_iters=8', *FAST],
+                   cwd=toy_root)
+    resumed_from = int(re.search(r'resumed epoch: 0, iter: (\d+)', log).group(1))
+    assert resumed_from in (2, 4, 6)
+    assert f'Iter(train) [{resumed_from + 1}/8]' in log and 'Iter(train) [8/8]' in log
+    for path in work.glob('*.pth'):  # every checkpoint left on disk is complete
+        assert torch.load(path, map_location='cpu', weights_only=True)['meta']['iter'] > 0
+    assert not list(work.glob('.*.tmp')), 'temporary files of interrupted writes are cleaned up or replaced'

@@ -26,6 +26,7 @@ INPUTS = {
     'in160x256': ((1, 3, 160, 256), 0),
     'in224x224': ((1, 3, 224, 224), 1),
     'in196x252': ((1, 3, 196, 252), 0),
+    'cls224_logits': ((2, 3, 224, 224), 2),  # input of the classifiers' logits
 }
 
 # Tolerance of the reference data: per array, with s = ref.std()

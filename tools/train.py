@@ -13,7 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import enable_amp, setup_distributed_cpu, trust_checkpoints
+from mmdualvit.engine.launch import adapt_amp_to_cpu, enable_amp, setup_distributed_cpu, trust_checkpoints
 
 
 def parse_args():
@@ -44,6 +44,7 @@ def main():
                                                                    osp.splitext(osp.basename(args.config))[0])
     if args.amp:
         enable_amp(cfg)
+    adapt_amp_to_cpu(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg:
             raise SystemExit(f'{args.config} has no auto_scale_lr.base_batch_size; set it to use --auto-scale-lr.')

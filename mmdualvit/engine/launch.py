@@ -22,15 +22,27 @@ def setup_distributed_cpu(cfg: Config) -> None:
 
 
 def enable_amp(cfg: Config) -> None:
-    """``--amp``: fp16 with dynamic loss scaling on GPU, bfloat16 autocast on CPU."""
+    """``--amp``: fp16 with dynamic loss scaling (bfloat16 autocast on CPU, see :func:`adapt_amp_to_cpu`)."""
     wrapper = cfg.optim_wrapper
-    if torch.cuda.is_available():
-        if wrapper.get('type') != 'AmpOptimWrapper':
-            wrapper.type = 'AmpOptimWrapper'
-            wrapper.setdefault('loss_scale', 'dynamic')
-    else:
-        wrapper.type = 'mmdualvit.CPUAutocastOptimWrapper'
-        wrapper.pop('loss_scale', None)
+    if wrapper.get('type') != 'AmpOptimWrapper':
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def adapt_amp_to_cpu(cfg: Config) -> None:
+    """On machines without CUDA, run a config's fp16 ``AmpOptimWrapper`` as bfloat16 autocast (and say so).
+
+    mmengine's ``AmpOptimWrapper`` refuses to start without a GPU; the official recipes use fp16, so our real
+    configs do too.
+    """
+    wrapper = cfg.get('optim_wrapper')
+    if wrapper is None or torch.cuda.is_available() or wrapper.get('type') != 'AmpOptimWrapper':
+        return
+    from mmengine.logging import print_log
+    print_log('No CUDA device: running the config\'s AmpOptimWrapper (fp16) as bfloat16 autocast on CPU.',
+              logger='current')
+    wrapper.type = 'mmdualvit.CPUAutocastOptimWrapper'
+    wrapper.pop('loss_scale', None)
 
 
 def trust_checkpoints() -> None:

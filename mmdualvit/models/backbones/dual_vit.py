@@ -263,7 +263,8 @@ class DualViT(BaseModule):
         out_indices (Sequence[int]): Stages whose normalised NCHW maps (strides 4/8/16/32) are returned.
         out_type (str): ``'featmap'`` (dense backbone, as the official detection/segmentation code) or ``'raw'``
             (ImageNet classifier path: the last block keeps the semantic tokens, and the last stage returns the
-            unnormalised ``[pixel; semantic]`` tokens, shape (B, N4 + M, C4), for :class:`DualViTClsHead`).
+            unnormalised tokens as a pair ``(pixels (B, N4, C4), semantics (B, M, C4))``, for
+            ``mmdualvit.DualViTClsHead``).
         drop_path_rate (float): Stochastic depth, linear over all blocks. The official detection backbone uses
             0.15; the segmentation configs 0.15 (S) and 0.3 (B).
         stem_norm_cfg (dict): Norm of the three stem convs. The official detection code uses BN with frozen affine
@@ -458,7 +459,7 @@ class DualViT(BaseModule):
             if i == self.num_stages - 1:
                 if self.out_type == 'raw':
                     if i in self.out_indices:
-                        outs.append(torch.cat([x, semantics], dim=1))
+                        outs.append((x, semantics))
                     break
             else:
                 semantics = getattr(self, f'norm_proxy{i + 1}')(semantics)

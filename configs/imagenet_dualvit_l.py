@@ -1,0 +1,3 @@
+# ImageNet-1k validation of an official Dual-ViT-L checkpoint (paper: 85.7 top-1 at 224).
+_base_ = './imagenet_dualvit_s.py'
+model = dict(backbone=dict(arch='l'), head=dict(in_channels=512, num_heads=16))

@@ -1,0 +1,142 @@
+"""ImageNet classifiers for validating official checkpoints with mmpretrain (``configs/imagenet_*.py``).
+
+Import this module (the configs' ``custom_imports`` do) to register ``mmdualvit.ImageNetClassifier``,
+``mmdualvit.DualViTClsHead`` and ``mmdualvit.Sequencer2DClsHead``. It imports mmpretrain, which plain
+``import mmdualvit`` does not.
+
+The classifier accepts official checkpoints as they are: a load-state-dict pre-hook converts official (or timm)
+names to ``backbone.*`` / ``head.*``, so ``tools/test.py configs/imagenet_dualvit_s.py dualvit_s.pth`` works.
+"""
+from collections import OrderedDict
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+from mmpretrain.models import ClsHead, ImageClassifier
+
+from ..checkpoint import convert_dualvit, convert_sequencer2d
+from ..registry import MODELS
+from .backbones.dual_vit import BLOCK_NORM_EPS
+
+CLASSIFIER_EPS = BLOCK_NORM_EPS  # the official heads use the block LayerNorm (eps 1e-6) too
+
+
+class ClassAttention(nn.Module):
+    """Multi-head attention whose only query is the class token (the first token)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        heads = self.num_heads
+        q = self.q(x[:, :1]).view(b, 1, heads, c // heads).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, 1, c))
+
+
+class ClassBlock(nn.Module):
+    """Updates the class token only: c += attn(norm1(all tokens)); c += FFN(norm2(c))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=CLASSIFIER_EPS)
+        self.attn = ClassAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=CLASSIFIER_EPS)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = x[:, :1] + self.attn(self.norm1(x))
+        cls = cls + self.mlp(self.norm2(cls))
+        return torch.cat([cls, x[:, 1:]], dim=1)
+
+
+@MODELS.register_module()
+class DualViTClsHead(ClsHead):
+    """The official Dual-ViT ImageNet head on ``DualViT(out_type='raw')`` tokens (eval logits of token labeling).
+
+    cls = mean of all stage-4 tokens (pixel and semantic); one class-attention block updates it; after the final
+    LayerNorm, logits = fc(cls) + 0.5 * max over pixel tokens of aux_fc(tokens). Training with token labeling is not
+    implemented: the loss is applied to these eval logits.
+
+    Args:
+        num_classes (int): Classes.
+        in_channels (int): Stage-4 channels.
+        num_heads (int): Heads of the class-attention block (the stage-4 heads).
+        mlp_ratio (float): FFN ratio of the class-attention block. Defaults to 2 (official).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, num_heads: int, mlp_ratio: float = 2., **kwargs):
+        super().__init__(**kwargs)
+        self.post_network = nn.ModuleList([ClassBlock(in_channels, num_heads, mlp_ratio)])
+        self.norm = nn.LayerNorm(in_channels, eps=CLASSIFIER_EPS)
+        self.fc = nn.Linear(in_channels, num_classes)
+        self.aux_fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, feats: Tuple) -> torch.Tensor:
+        pixels, semantics = feats[-1]
+        tokens = torch.cat([pixels, semantics], dim=1)
+        x = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        for block in self.post_network:
+            x = block(x)
+        x = self.norm(x)
+        return self.fc(x[:, 0]) + 0.5 * self.aux_fc(x[:, 1:1 + pixels.shape[1]]).max(dim=1).values
+
+
+@MODELS.register_module()
+class Sequencer2DClsHead(ClsHead):
+    """The official Sequencer2D ImageNet head: LayerNorm per token, global average pool, linear.
+
+    Takes the last ``Sequencer2D(pyramid='native')`` output (unnormalised NCHW).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = nn.LayerNorm(in_channels, eps=CLASSIFIER_EPS)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, feats: Tuple) -> torch.Tensor:
+        return self.fc(self.norm(feats[-1].permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+
+
+def official_to_classifier(state_dict: dict, backbone_type: str) -> 'OrderedDict[str, torch.Tensor]':
+    """Official (or timm) ImageNet names -> ``backbone.*`` / ``head.*`` of :class:`ImageNetClassifier`; idempotent."""
+    if any(k.startswith(('backbone.', 'head.fc.', 'head.norm.')) for k in state_dict):
+        return OrderedDict(state_dict)
+    if backbone_type == 'DualViT':
+        state = convert_dualvit(state_dict)
+        head = {'post_network.': 'head.post_network.', 'norm4.': 'head.norm.', 'head.': 'head.fc.',
+                'aux_head.': 'head.aux_fc.'}
+    else:
+        state = convert_sequencer2d(state_dict)
+        head = {'norm.': 'head.norm.', 'head.': 'head.fc.'}
+    out = OrderedDict()
+    for key, value in state.items():
+        prefix = next((p for p in head if key.startswith(p)), None)
+        if prefix is None:
+            out['backbone.' + key] = value
+            continue
+        out[head[prefix] + key[len(prefix):]] = value
+        if backbone_type == 'Sequencer2D' and prefix == 'norm.':
+            out['backbone.' + key] = value  # the backbone keeps its (here unused) final norm as well
+    return out
+
+
+@MODELS.register_module()
+class ImageNetClassifier(ImageClassifier):
+    """mmpretrain ``ImageClassifier`` that also loads official Dual-ViT / Sequencer2D ImageNet checkpoints as-is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._register_load_state_dict_pre_hook(self._convert_official)
+
+    def _convert_official(self, state_dict, prefix, *args):
+        own = OrderedDict((k[len(prefix):], state_dict.pop(k)) for k in list(state_dict) if k.startswith(prefix))
+        for key, value in official_to_classifier(own, type(self.backbone).__name__).items():
+            state_dict[prefix + key] = value
