@@ -5,8 +5,9 @@ which carry most of Sequencer2D's and much of Dual-ViT's work. We add handles fo
 (MACs), the unit the papers and mmdet's ``get_flops`` call "FLOPs".
 """
 import math
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
+import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
 
@@ -42,3 +43,78 @@ def complexity(model: nn.Module, inputs: Tuple) -> Tuple[int, int]:
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     return analyzer.total(), parameter_count(model)['']
+
+
+def build_from_config(config, cfg_options: Optional[dict] = None) -> nn.Module:
+    """Build a config's model on CPU with no pretrained weights (SyncBN reverted to BN); returns (model, cfg).
+
+    ``config`` is a path, a package config such as ``'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'``, or a
+    :class:`~mmengine.config.Config`.
+    """
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+    if isinstance(config, str):
+        if '::' in config:  # a config shipped inside a package, e.g. mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py
+            from mmengine.hub import get_config
+            cfg = get_config(config)
+        else:
+            cfg = Config.fromfile(config)
+    else:
+        cfg = config
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    cfg.model.backbone.init_cfg = None
+    return revert_sync_batchnorm(MODELS.build(cfg.model)), cfg
+
+
+def synthetic_batch(cfg, shape: Tuple[int, int], batch_size: int = 1, seed: int = 0) -> dict:
+    """A batch of random images with random ground truth for the config's task (mmdet or mmseg)."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = shape
+    if cfg.default_scope == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        heads = cfg.model
+        num_classes = (heads.roi_head.bbox_head.num_classes if 'roi_head' in heads else heads.bbox_head.num_classes)
+        torch.manual_seed(seed)
+        batch = demo_mm_inputs(batch_size=batch_size, image_shapes=[(3, height, width)] * batch_size,
+                               num_items=[3] * batch_size, num_classes=num_classes, with_mask='roi_head' in heads)
+        batch['inputs'] = [x.float() for x in batch['inputs']]
+        return batch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    samples = []
+    for _ in range(batch_size):
+        sample = SegDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape))
+        labels = torch.randint(0, cfg.model.decode_head.num_classes, (1, height, width), generator=generator)
+        sample.gt_sem_seg = PixelData(data=labels)
+        samples.append(sample)
+    return dict(inputs=[torch.rand(3, height, width, generator=generator) * 255 for _ in samples],
+                data_samples=samples)
+
+
+class _TensorForward(nn.Module):
+    """Runs an mmdet/mmseg model in ``mode='tensor'`` (backbone, neck and heads, no post-processing)."""
+
+    def __init__(self, model, data_samples=None):
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs):
+        return self.model(inputs, self.data_samples, mode='tensor')
+
+
+def model_complexity(model: nn.Module, shape: Tuple[int, int], backbone_only: bool = False) -> Tuple[int, int]:
+    """(MACs, parameters) of a detector/segmentor (``mode='tensor'``) or its backbone on one (H, W) image."""
+    samples = None
+    if type(model).__module__.startswith('mmdet'):
+        # a two-stage detector's RPN needs image metas to turn anchors into proposals
+        from mmdet.structures import DetDataSample
+        meta = dict(img_shape=tuple(shape), ori_shape=tuple(shape), pad_shape=tuple(shape),
+                    batch_input_shape=tuple(shape), scale_factor=(1., 1.))
+        samples = [DetDataSample(metainfo=meta)]
+    target = model.backbone if backbone_only else _TensorForward(model, samples)
+    with torch.no_grad():
+        return complexity(target, (torch.rand(1, 3, *shape), ))

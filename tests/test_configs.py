@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
+
+from mmdualvit.analysis import build_from_config, synthetic_batch
 
 REPO = Path(__file__).resolve().parents[1]
 # ImageNet classifier configs (imagenet_*.py) are covered by tests/test_models/test_classifiers.py.
@@ -22,49 +22,19 @@ def config_id(path):
 
 
 def build_model(cfg):
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    cfg.model.backbone.init_cfg = None
     if cfg.default_scope == 'mmseg':
         cfg.model.data_preprocessor.size = (64, 96)  # the real configs pad to 512x512 crops; keep the test small
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))  # SyncBN needs a process group; BN computes the same
+    model, _ = build_from_config(cfg)
     model.init_weights()
     return model
-
-
-def det_batch(num_classes, with_mask):
-    from mmdet.testing import demo_mm_inputs
-    batch = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 96)], num_items=[2], num_classes=num_classes,
-                           with_mask=with_mask)
-    batch['inputs'] = [x.float() for x in batch['inputs']]
-    return batch
-
-
-def seg_batch(num_classes, batch_size=2):
-    """Two images: BN in the pyramid-pooling head needs more than one value per channel in training."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    samples = []
-    for _ in range(batch_size):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96), pad_shape=(64, 96)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, 64, 96)))
-        samples.append(sample)
-    return dict(inputs=[torch.rand(3, 64, 96) * 255 for _ in samples], data_samples=samples)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=config_id)
 def test_config_builds_trains_and_predicts(path):
     cfg = Config.fromfile(str(path))
     model = build_model(cfg)
-    if cfg.default_scope == 'mmdet':
-        num_classes = (cfg.model.roi_head.bbox_head.num_classes if 'roi_head' in cfg.model else
-                       cfg.model.bbox_head.num_classes)
-        batch = det_batch(num_classes, with_mask='roi_head' in cfg.model)
-    else:
-        batch = seg_batch(cfg.model.decode_head.num_classes)
+    # Two images for mmseg: BN in the pyramid-pooling head needs more than one value per channel in training.
+    batch = synthetic_batch(cfg, (64, 96), batch_size=1 if cfg.default_scope == 'mmdet' else 2)
     model.train()
     data = model.data_preprocessor(batch, True)
     losses = model(**data, mode='loss')

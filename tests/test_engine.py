@@ -61,3 +61,25 @@ def test_cpu_autocast_wrapper_runs_bfloat16():
     assert out.dtype == torch.bfloat16
     wrapper.update_params(out.float().sum())
     assert model.weight.grad is None  # update_params zeroes the gradients after the step
+
+
+def test_cpu_autocast_wrapper_covers_the_backbone_only():
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Linear(4, 4))
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            features = self.backbone(x)
+            assert features.dtype == torch.float32  # handed on in float32
+            return self.head(features)
+
+    model = Detector()
+    wrapper = CPUAutocastOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    inner = []
+    model.backbone[0].register_forward_hook(lambda m, i, o: inner.append(o.dtype))
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4))
+    assert inner == [torch.bfloat16] and out.dtype == torch.float32
+    assert 'forward' not in vars(model.backbone)  # restored

@@ -124,3 +124,30 @@ def test_sigkill_during_training_then_resume_completes(toy_root):
     for path in work.glob('*.pth'):  # every checkpoint left on disk is complete
         assert torch.load(path, map_location='cpu', weights_only=True)['meta']['iter'] > 0
     assert not list(work.glob('.*.tmp')), 'temporary files of interrupted writes are cleaned up or replaced'
+
+
+def test_benchmark_tool_smoke(tmp_path):
+    """tools/analysis/benchmark.py on tiny inputs: ours against a package config, table and JSON/CSV."""
+    out = tmp_path / 'bench'
+    log = run_tool([sys.executable, str(REPO / 'tools/analysis/benchmark.py'), str(TOY_DET),
+                    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '--shape', '64', '96', '--runs', '1',
+                    '--out', str(out)], cwd=tmp_path)
+    import json
+    rows = json.loads((out / 'benchmark.json').read_text())['rows']
+    assert [r['config'] for r in rows] == [str(TOY_DET), 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+    for row in rows:
+        assert row['params_m'] > 1 and row['gmacs'] > 0.1 and row['infer_s'] > 0 and row['train_s'] > 0
+        assert row['train_peak_gib'] > 0
+    assert abs(rows[1]['params_m'] - 44.4) < 0.1  # mmdet's Mask R-CNN R-50 (80 classes)
+    assert '(1.00x)' in log and (out / 'benchmark.csv').read_text().count('\n') == 3
+
+
+def test_seeded_deterministic_runs_give_identical_losses(toy_root):
+    """Two CPU runs with a fixed seed and randomness.deterministic=True log the same losses."""
+    logs = []
+    for run in range(2):
+        log = run_tool([sys.executable, str(REPO / 'tools/train.py'), str(TOY_DET), '--work-dir',
+                        str(toy_root / f'det{run}'), '--cfg-options', 'train_cfg.max_iters=3', 'randomness.seed=0',
+                        'randomness.deterministic=True', *FAST], cwd=toy_root)
+        logs.append(re.findall(r'Iter\(train\) \[\d/3\].*? loss: ([0-9.]+)', log))
+    assert len(logs[0]) == 3 and logs[0] == logs[1]

@@ -286,8 +286,10 @@ class Sequencer2D(BaseModule):
             scale = self.native_strides[i] / PYRAMID_STRIDES[i]
             size = (math.ceil(height / PYRAMID_STRIDES[i]), math.ceil(width / PYRAMID_STRIDES[i]))
             # scale_factor (not size) keeps the exact stride ratio in the sampling grid; then crop the padding.
-            level = F.interpolate(level, scale_factor=scale, mode='bilinear', align_corners=False,
-                                  recompute_scale_factor=False, antialias=scale < 1)[..., :size[0], :size[1]]
+            # float32: antialiased resampling has no reduced-precision CPU kernel (autocast/bf16 runs)
+            level = F.interpolate(level.float(), scale_factor=scale, mode='bilinear', align_corners=False,
+                                  recompute_scale_factor=False,
+                                  antialias=scale < 1)[..., :size[0], :size[1]].to(level.dtype)
             if self.pyramid == 'learned':
                 level = level + self.pyramid_adapters[k](level)
             outs.append(level)
