@@ -19,9 +19,6 @@ from typing import Callable, Dict, Optional
 import torch
 from mmengine.logging import print_log
 
-# Types besides tensors and containers that official checkpoints pickle, and that unpickle without running code.
-EXTRA_SAFE_TYPES = [argparse.Namespace]
-
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
 
 
@@ -61,8 +58,9 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     try:
         if trust:
             return torch.load(path, map_location='cpu', weights_only=False)
-        with torch.serialization.safe_globals(EXTRA_SAFE_TYPES):
-            return torch.load(path, map_location='cpu', weights_only=True)
+        # Besides tensors and containers, only the data types of mmdualvit.safe_globals are allowed (e.g. the
+        # argparse.Namespace that official Dual-ViT checkpoints pickle).
+        return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         if 'Weights only load failed' not in str(err) and 'Unsupported' not in str(err):
             raise CheckpointError(f'checkpoint file {path!r} is truncated or corrupt ({_first_line(err)}); download '

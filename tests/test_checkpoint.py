@@ -287,3 +287,35 @@ def test_converter_cli(tmp_path, tool, name, fmt):
     subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / tool), str(dst), str(again)],
                    check=True, capture_output=True)
     assert torch.load(again, weights_only=True).keys() == converted.keys()
+
+
+# ------------------------------------------------------------------------------------------------ through configs
+@pytest.mark.parametrize('name,config', [
+    ('dualvit_s', 'maskrcnn_dualvit_s_coco.py'), ('dualvit_b', 'upernet_dualvit_b_ade20k.py'),
+    ('dualvit_l', 'retinanet_dualvit_l_coco.py'), ('sequencer2d_s', 'maskrcnn_sequencer2d_s_coco.py'),
+    ('sequencer2d_m', 'upernet_sequencer2d_m_ade20k.py'), ('sequencer2d_l', 'retinanet_sequencer2d_l_coco.py')])
+def test_official_files_load_through_init_cfg_of_full_configs(tmp_path, name, config):
+    """Each official format, saved as released, initialises the backbone of a whole detector/segmentor."""
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+    sd = official(name)
+    if name.startswith('dualvit'):
+        path = tmp_path / 'checkpoint-309.pth.tar'
+        torch.save({'epoch': 309, 'arch': name, 'state_dict': sd, 'optimizer': {'state': {}}, 'version': 2,
+                    'args': argparse.Namespace(model=name), 'metric': 0.}, path)
+    elif name == 'sequencer2d_m':  # timm's release format
+        path = tmp_path / 'model.safetensors'
+        layers = {'sequencer2d_m': [4, 3, 14, 3]}[name]
+        save_file({k: v.contiguous() for k, v in to_timm(sd, layers).items()}, str(path))
+    else:  # the official GitHub release (raw state_dict)
+        path = tmp_path / f'{name}.pth'
+        torch.save(sd, path)
+    cfg = Config.fromfile(str(REPO / 'configs' / config))
+    cfg.model.backbone.init_cfg.checkpoint = str(path)
+    init_default_scope(cfg.default_scope)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.init_weights()
+    for key, value in model.backbone.state_dict().items():
+        if not key.startswith('pyramid_adapters.'):
+            assert torch.equal(value, sd[key]), key
