@@ -140,6 +140,10 @@ def test_benchmark_tool_smoke(tmp_path):
         assert row['train_peak_gib'] > 0
     assert abs(rows[1]['params_m'] - 44.4) < 0.1  # mmdet's Mask R-CNN R-50 (80 classes)
     assert '(1.00x)' in log and (out / 'benchmark.csv').read_text().count('\n') == 3
+    seg = run_tool([sys.executable, str(REPO / 'tools/analysis/benchmark.py'),
+                    str(REPO / 'configs/toy/upernet_dualvit_toy.py'), '--shape', '64', '64', '--batch', '2', '--runs',
+                    '1'], cwd=tmp_path)
+    assert 'upernet_dualvit_toy.py | 1.38 (1.00x)' in seg
 
 
 def test_seeded_deterministic_runs_give_identical_losses(toy_root):

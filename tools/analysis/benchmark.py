@@ -37,6 +37,8 @@ def measure(config: str, shape, batch: int, runs: int, device: str, amp: bool) -
     if cfg.default_scope == 'mmseg' and batch < 2:
         raise ValueError('mmseg decode heads with BatchNorm need at least 2 images per training step; '
                          'pass --batch 2 for segmentation configs.')
+    if cfg.default_scope == 'mmseg':
+        model.data_preprocessor.size = tuple(shape)  # measure at --shape, not padded to the config's crop size
     macs, params = model_complexity(model.eval(), shape)
     model.to(device)
     data = synthetic_batch(cfg, tuple(shape), batch)
