@@ -4,14 +4,13 @@
                          [--launcher pytorch]
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import setup_distributed_cpu, trust_checkpoints
+from mmdualvit.engine.launch import add_common_args, load_config, setup_distributed_cpu
 
 
 def parse_args():
@@ -20,14 +19,8 @@ def parse_args():
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where the evaluation log and metrics go')
     parser.add_argument('--show-dir', help='save pictures of the predictions into this directory')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle the checkpoint fully (weights_only=False): only for files you trust')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parser.parse_args()
 
 
 def enable_visualization(cfg: Config, show_dir: str) -> None:
@@ -46,17 +39,10 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs',
-                                                                   osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
-    if args.trust_checkpoint:
-        trust_checkpoints()
     setup_distributed_cpu(cfg)
     Runner.from_cfg(cfg).test()
 

@@ -6,14 +6,12 @@
 The config's ``default_scope`` (mmdet, mmseg or mmpretrain) decides which library's components are used.
 """
 import argparse
-import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import adapt_amp_to_cpu, enable_amp, setup_distributed_cpu, trust_checkpoints
+from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, enable_amp, load_config,
+                                     setup_distributed_cpu)
 
 
 def parse_args():
@@ -24,24 +22,13 @@ def parse_args():
                         help='resume from CKPT, or from the latest checkpoint in the work dir when no CKPT is given')
     parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on GPU, bfloat16 on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the actual total batch size')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle checkpoints fully (weights_only=False): only for files you trust')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs',
-                                                                   osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.amp:
         enable_amp(cfg)
     adapt_amp_to_cpu(cfg)
@@ -53,8 +40,6 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    if args.trust_checkpoint:
-        trust_checkpoints()
     setup_distributed_cpu(cfg)
     Runner.from_cfg(cfg).train()
 

@@ -1,9 +1,11 @@
-"""Config adjustments shared by tools/train.py and tools/test.py."""
+"""Command-line and config handling shared by tools/train.py and tools/test.py."""
+import argparse
 import os
+import os.path as osp
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 
 def setup_distributed_cpu(cfg: Config) -> None:
@@ -48,3 +50,26 @@ def adapt_amp_to_cpu(cfg: Config) -> None:
 def trust_checkpoints() -> None:
     """Opt in to full unpickling for checkpoints the user vouches for (e.g. written by plain mmengine runs)."""
     os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags both tools take: --trust-checkpoint, --cfg-options, --launcher, --local-rank."""
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle checkpoints fully (weights_only=False): only for files you trust')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config with the command line applied: launcher, --cfg-options, work dir (default work_dirs/<name>)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs',
+                                                                   osp.splitext(osp.basename(args.config))[0])
+    if args.trust_checkpoint:
+        trust_checkpoints()
+    return cfg
