@@ -242,6 +242,18 @@ def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional
     return dict(loaded=len(expected), unused=expected_unused, new=new_keys)
 
 
+def init_from_pretrained_cfg(model: torch.nn.Module) -> bool:
+    """Load the checkpoint of a ``dict(type='Pretrained', checkpoint=..., prefix=...)`` init_cfg, strictly.
+
+    Returns False (and does nothing) when the model's init_cfg is not ``Pretrained``.
+    """
+    init_cfg = getattr(model, 'init_cfg', None)
+    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+        return False
+    load_backbone_checkpoint(model, init_cfg['checkpoint'], prefix=init_cfg.get('prefix'))
+    return True
+
+
 # ----------------------------------------------------------------------------------------------- converter files
 def convert_checkpoint_file(src: str, dst: str, converter: Callable, trust: bool = False) -> dict:
     """Read ``src``, convert with ``converter`` and write a tensors-only file to ``dst`` (atomically).

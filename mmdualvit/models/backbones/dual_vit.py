@@ -19,6 +19,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...checkpoint import init_from_pretrained_cfg
 from ...registry import MODELS
 from ..utils import (attention, check_out_indices, checkpointed, freeze, merge_heads, resolve_arch,
                      split_heads)
@@ -368,9 +369,7 @@ class DualViT(BaseModule):
     # ------------------------------------------------------------------ init and checkpoints
     def init_weights(self):
         """Random init as the official code, or the checkpoint named by a ``Pretrained`` init_cfg."""
-        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            from ...checkpoint import load_backbone_checkpoint
-            load_backbone_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
+        if init_from_pretrained_cfg(self):
             self._is_init = True
             return
         for module in self.modules():

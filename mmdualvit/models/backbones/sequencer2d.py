@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
+from ...checkpoint import init_from_pretrained_cfg
 from ...registry import MODELS
 from ..utils import check_out_indices, checkpointed, freeze, resolve_arch
 
@@ -211,9 +212,7 @@ class Sequencer2D(BaseModule):
 
     def init_weights(self):
         """Random init as the official code, or the checkpoint named by a ``Pretrained`` init_cfg."""
-        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            from ...checkpoint import load_backbone_checkpoint
-            load_backbone_checkpoint(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
+        if init_from_pretrained_cfg(self):
             self._is_init = True
             return
         for name, module in self.named_modules():
