@@ -1,7 +1,10 @@
 # RetinaNet + FPN, Sequencer2D-S, COCO 1x. No paper settings exist for Sequencer2D detection: this is the
-# Dual-ViT recipe (retinanet_dualvit_s_coco.py: optimizer, schedule, pipeline, fp16) with the Sequencer2D backbone.
-# Primitive of the retinanet Sequencer2D family.
-_base_ = './retinanet_dualvit_s_coco.py'
+# Dual-ViT recipe (that of retinanet_dualvit_s_coco.py: optimizer, schedule, pipeline, fp16) with the Sequencer2D
+# backbone. Primitive of the RetinaNet Sequencer2D family; it inherits only mmdet's own base, so the family's three
+# files can be copied into another project on their own.
+_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmdualvit'], allow_failed_imports=False)
+
 model = dict(
     backbone=dict(
         _delete_=True,
@@ -10,4 +13,14 @@ model = dict(
         pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (README, 'Sequencer2D pyramid')
         drop_path_rate=0.1,  # Sequencer2D-S's ImageNet value
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/sequencer2d_s.pth')),
-    neck=dict(in_channels=[192, 384, 384, 384]))
+    # RetinaNet starts at stride 8 and builds P6/P7 from the stride-32 input map (the Dual-ViT FPN settings).
+    neck=dict(in_channels=[192, 384, 384, 384], start_level=1, add_extra_convs='on_input', num_outs=5))
+
+# The Dual-ViT RetinaNet 1x recipe: AdamW lr 1e-4, weight decay 1e-4, fp16 (static loss scale 512); schedule and
+# pipeline as the mmdet base.
+optim_wrapper = dict(
+    _delete_=True, type='AmpOptimWrapper', loss_scale=512., optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4))
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+# Checkpoints that load under weights_only=True, written atomically (a killed run never leaves a truncated one).
+custom_hooks = [dict(type='mmdualvit.WeightsOnlyCheckpointHook')]
+default_hooks = dict(checkpoint=dict(backend_args=dict(backend='mmdualvit_atomic_local')))

@@ -1,13 +1,24 @@
 # UperNet, Sequencer2D-S, ADE20K 512x512, 160k. No paper settings exist for Sequencer2D segmentation: this is the
-# Dual-ViT recipe (upernet_dualvit_s_ade20k.py) with the Sequencer2D backbone. Primitive of its family.
-_base_ = './upernet_dualvit_s_ade20k.py'
+# Dual-ViT recipe (that of upernet_dualvit_s_ade20k.py, i.e. mmseg's Swin-T UperNet schedule and pipeline, fp16)
+# with the Sequencer2D backbone. Primitive of the UperNet Sequencer2D family; it inherits only mmseg's own base, so
+# the family's three files can be copied into another project on their own.
+_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+custom_imports = dict(imports=['mmdualvit'], allow_failed_imports=False)
+
 model = dict(
     backbone=dict(
         _delete_=True,
         type='mmdualvit.Sequencer2D',
         arch='s',
-        pyramid='resample',
-        drop_path_rate=0.1,
+        pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (README, 'Sequencer2D pyramid')
+        drop_path_rate=0.1,  # Sequencer2D-S's ImageNet value
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/sequencer2d_s.pth')),
-    decode_head=dict(in_channels=[192, 384, 384, 384]),
-    auxiliary_head=dict(in_channels=384))
+    decode_head=dict(in_channels=[192, 384, 384, 384], channels=512),
+    auxiliary_head=dict(in_channels=384, in_index=2, channels=256))
+
+# fp16 with a static loss scale of 512, as the Dual-ViT segmentation recipe.
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+# Checkpoints that load under weights_only=True, written atomically (a killed run never leaves a truncated one).
+custom_hooks = [dict(type='mmdualvit.WeightsOnlyCheckpointHook')]
+default_hooks = dict(checkpoint=dict(backend_args=dict(backend='mmdualvit_atomic_local')))

@@ -10,6 +10,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
+from mmengine.config import Config
 
 
 def _sizes(value) -> List[int]:
@@ -45,13 +46,12 @@ def complexity(model: nn.Module, inputs: Tuple) -> Tuple[int, int]:
     return analyzer.total(), parameter_count(model)['']
 
 
-def build_from_config(config, cfg_options: Optional[dict] = None) -> nn.Module:
+def build_from_config(config, cfg_options: Optional[dict] = None) -> Tuple[nn.Module, Config]:
     """Build a config's model on CPU with no pretrained weights (SyncBN reverted to BN); returns (model, cfg).
 
     ``config`` is a path, a package config such as ``'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'``, or a
     :class:`~mmengine.config.Config`.
     """
-    from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS, init_default_scope
     if isinstance(config, str):

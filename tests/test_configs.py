@@ -54,7 +54,9 @@ def test_config_builds_trains_and_predicts(path):
         assert results[0].pred_sem_seg.data.shape[-2:] == (64, 96)
 
 
-# Official settings (anchors.md §1.6). Sequencer2D configs use the Dual-ViT recipe of the same family.
+# Official settings: the authors' configs in github.com/YehLi/ImageNetModel, object_detection/configs/dualvit/ (the 3x
+# ones were deleted on 2022-08-08; see the commit before 8039229) and semantic_segmentation/configs/dualvit/.
+# Sequencer2D configs use the Dual-ViT recipe of the same family.
 DET_1X = dict(epochs=12, milestones=[8, 11], warmup=500, batch=2, paramwise=None, loss_scale=512.)
 DET_3X = dict(epochs=36, milestones=[27, 33], warmup=500, batch=1, paramwise=['absolute_pos_embed',
               'relative_position_bias_table', 'norm'], loss_scale=512.)
