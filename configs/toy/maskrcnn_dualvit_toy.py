@@ -1,6 +1,7 @@
-# Mask R-CNN + Dual-ViT on the embedded toy COCO set (`python tools/generate_toy_data.py coco`), for CPU demos and
-# tests. Inherits the real config and switches only data, image scale, schedule (incl. lr), and widths: a narrow
-# Dual-ViT (the same architecture, fewer channels and blocks) and slimmer heads, trained from scratch.
+# Mask R-CNN + Dual-ViT on the embedded toy COCO set (`python -m mmdualvit.datasets.toy coco`, written to
+# data/toy_coco relative to the working directory), for CPU demos and tests. Inherits the real config and switches
+# only data, image scale, schedule (incl. lr), and widths: a narrow Dual-ViT (the same architecture, fewer channels and
+# blocks) and slimmer heads, trained from scratch. Copy it together with ../maskrcnn_dualvit_s_coco.py (its base).
 _base_ = '../maskrcnn_dualvit_s_coco.py'
 
 data_root = 'data/toy_coco/'
@@ -36,8 +37,10 @@ test_pipeline = [
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
 ]
 _dataset = dict(data_root=data_root, metainfo=dict(classes=classes))
+# The loop counts iterations, so the sampler never ends (mmdet's base samples epoch by epoch, which makes mmengine
+# warn at every pass over the 40 images).
 train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
+    batch_size=4, num_workers=0, persistent_workers=False, sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(**_dataset, ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
                  pipeline=train_pipeline))
 val_dataloader = dict(

@@ -12,10 +12,19 @@ mask up to boundary pixels, and ``bbox`` / ``area`` are the tight box and pixel 
 Every image is drawn from its own generator seeded by ``(seed, split, index)``: output is byte-identical for a seed,
 and changing ``num_train`` does not change the validation images. ``make_toy_coco`` and ``make_toy_ade`` draw the
 same scenes for the same seed. Only numpy, cv2 and json are used, so this module imports neither mmdet nor mmseg.
+
+Command line (works from an installed package; the paths are those ``configs/toy/`` expect, relative to the working
+directory)::
+
+    python -m mmdualvit.datasets.toy all                  # data/toy_coco and data/toy_ade
+    python -m mmdualvit.datasets.toy coco --out data/toy_coco --num-train 200 --seed 1
+    python -m mmdualvit.datasets.toy ade --image-size 256 --num-val 32
 """
+import argparse
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -25,6 +34,9 @@ import numpy as np
 TOY_CLASSES = ('square', 'circle', 'triangle')
 # RGB, one per class; the middle of each class's colour range so visualisations look like the images.
 TOY_PALETTE = [[220, 55, 55], [55, 220, 55], [55, 55, 220]]
+# Semantic segmentation labels every pixel, so background is a class of its own (label 0, scored in mIoU).
+TOY_SEG_CLASSES = ('background', ) + TOY_CLASSES
+TOY_SEG_PALETTE = [[128, 128, 128]] + TOY_PALETTE
 
 # Per-class (low, high) RGB bounds of the fill colour: one saturated channel per class keeps classes separable.
 _CLASS_COLOURS = (
@@ -233,11 +245,13 @@ def make_toy_ade(out_dir: PathLike,
 
     Layout: ``out_dir/images/{training,validation}/000001.png`` and the label maps of the same name under
     ``out_dir/annotations/{training,validation}/``; both are PNG, so use ``img_suffix='.png'`` and
-    ``seg_map_suffix='.png'``. Labels are uint8 single-channel following ADE20K: 0 is background ("other"), 1..3
-    are ``TOY_CLASSES``; load with ``reduce_zero_label=True`` so classes become 0..2 and background 255 (ignored).
+    ``seg_map_suffix='.png'``. Labels are uint8 single-channel: 0 is background and 1..3 are ``TOY_CLASSES``, i.e.
+    the indices of ``TOY_SEG_CLASSES``. Load with ``reduce_zero_label=False``: background is a real class here (most
+    pixels are background, and a segmentor must not paint it with shapes), so mIoU counts it. ADE20K's own
+    ``reduce_zero_label=True`` would turn it into the ignore index and hide it from training and metrics.
 
-    mmseg's ``ADE20KDataset`` rejects ``metainfo=dict(classes=TOY_CLASSES)`` (classes must be a subset of ADE's
-    150), so configs should use ``type='BaseSegDataset'`` with that metainfo and the arguments above.
+    mmseg's ``ADE20KDataset`` rejects ``metainfo=dict(classes=TOY_SEG_CLASSES)`` (classes must be a subset of
+    ADE's 150), so configs should use ``type='BaseSegDataset'`` with that metainfo and the arguments above.
 
     Args:
         out_dir: root folder; created if missing. Stale ``NNNNNN.png`` files of an earlier run are removed.
@@ -255,11 +269,11 @@ def make_toy_ade(out_dir: PathLike,
     root = Path(out_dir)
     result: Dict = dict(
         root=str(root),
-        classes=TOY_CLASSES,
-        palette=TOY_PALETTE,
+        classes=TOY_SEG_CLASSES,
+        palette=TOY_SEG_PALETTE,
         img_suffix='.png',
         seg_map_suffix='.png',
-        reduce_zero_label=True)
+        reduce_zero_label=False)
 
     for split, folder, count in (('train', 'training', num_train), ('val', 'validation', num_val)):
         img_dir = root / 'images' / folder
@@ -280,3 +294,57 @@ def make_toy_ade(out_dir: PathLike,
             num_instances += len(shapes)
         result[split] = dict(img_dir=str(img_dir), ann_dir=str(ann_dir), num_images=count, num_instances=num_instances)
     return result
+
+
+_DEFAULT_OUT = {'coco': 'data/toy_coco', 'ade': 'data/toy_ade'}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line of ``python -m mmdualvit.datasets.toy``; see the module docstring for examples."""
+    parser = argparse.ArgumentParser(
+        prog='python -m mmdualvit.datasets.toy', description='Generate the seeded toy shape datasets (no download).')
+    parser.add_argument('kind', choices=['coco', 'ade', 'all'], help='which dataset(s) to write')
+    parser.add_argument(
+        '--out',
+        help='output folder (default data/toy_coco or data/toy_ade); for "all", a parent folder that gets '
+        'toy_coco/ and toy_ade/')
+    parser.add_argument('--num-train', type=int, default=40, help='training images (default 40)')
+    parser.add_argument('--num-val', type=int, default=16, help='validation images (default 16)')
+    parser.add_argument(
+        '--image-size', type=int, nargs='+', default=[128], metavar='N', help='H [W] in pixels (default 128)')
+    parser.add_argument('--seed', type=int, default=0, help='non-negative seed (default 0)')
+    args = parser.parse_args(argv)
+    if len(args.image_size) > 2:
+        parser.error('--image-size takes one (square) or two (height width) values')
+    return args
+
+
+def main(argv=None) -> None:
+    """Generate the requested dataset(s) and print where they went."""
+    args = parse_args(argv)
+    kinds = ['coco', 'ade'] if args.kind == 'all' else [args.kind]
+    size = tuple(args.image_size) * (3 - len(args.image_size))  # one value means square
+    makers = {'coco': make_toy_coco, 'ade': make_toy_ade}
+    for kind in kinds:
+        if args.out is None:
+            out = _DEFAULT_OUT[kind]
+        elif args.kind == 'all':
+            out = str(Path(args.out) / Path(_DEFAULT_OUT[kind]).name)
+        else:
+            out = args.out
+        start = time.perf_counter()
+        info = makers[kind](out, num_train=args.num_train, num_val=args.num_val, image_size=size, seed=args.seed)
+        elapsed = time.perf_counter() - start
+        print(f'{kind}: wrote {out} in {elapsed:.2f}s (image size {size[0]}x{size[1]}, seed {args.seed})')
+        for split in ('train', 'val'):
+            s = info[split]
+            files = s['ann_file'] if kind == 'coco' else s['ann_dir']
+            print(f'  {split}: {s["num_images"]} images, {s["num_instances"]} shapes; images {s["img_dir"]}, '
+                  f'annotations {files}')
+        if kind == 'ade':
+            print(f'  classes={info["classes"]} img_suffix={info["img_suffix"]!r} '
+                  f'seg_map_suffix={info["seg_map_suffix"]!r} reduce_zero_label={info["reduce_zero_label"]}')
+
+
+if __name__ == '__main__':
+    main()

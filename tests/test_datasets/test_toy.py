@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmdualvit.datasets.toy import TOY_CLASSES, TOY_PALETTE, make_toy_ade, make_toy_coco
+from mmdualvit.datasets.toy import TOY_CLASSES, TOY_SEG_CLASSES, TOY_SEG_PALETTE, make_toy_ade, make_toy_coco
 
 
 def _tree_bytes(root: Path) -> dict:
@@ -108,12 +108,14 @@ def test_ade_layout_labels_and_mmseg_dataset(ade_root, coco_root, tmp_path):
     from mmseg.datasets.transforms import LoadAnnotations
 
     root, info = ade_root
-    assert info['img_suffix'] == info['seg_map_suffix'] == '.png' and info['reduce_zero_label']
+    assert info['img_suffix'] == info['seg_map_suffix'] == '.png' and info['reduce_zero_label'] is False
+    assert info['classes'] == TOY_SEG_CLASSES == ('background', ) + TOY_CLASSES
+    assert len(TOY_SEG_PALETTE) == len(TOY_SEG_CLASSES)
 
     # ADE20KDataset only accepts a subset of its 150 classes as metainfo, so configs use BaseSegDataset
     # (or a subclass overriding METAINFO, checked below) with the toy classes.
     class ToyADE(ADE20KDataset):
-        METAINFO = dict(classes=TOY_CLASSES, palette=TOY_PALETTE)
+        METAINFO = dict(classes=TOY_SEG_CLASSES, palette=TOY_SEG_PALETTE)
 
     for split, folder in (('train', 'training'), ('val', 'validation')):
         common = dict(
@@ -121,22 +123,23 @@ def test_ade_layout_labels_and_mmseg_dataset(ade_root, coco_root, tmp_path):
             data_prefix=dict(img_path=f'images/{folder}', seg_map_path=f'annotations/{folder}'),
             img_suffix='.png',
             seg_map_suffix='.png',
-            reduce_zero_label=True,
+            reduce_zero_label=False,
             pipeline=[])
-        dataset = BaseSegDataset(metainfo=dict(classes=TOY_CLASSES, palette=TOY_PALETTE), **common)
+        dataset = BaseSegDataset(metainfo=dict(classes=TOY_SEG_CLASSES, palette=TOY_SEG_PALETTE), **common)
         assert len(dataset) == info[split]['num_images'] == len(ToyADE(**common))
-        assert dataset.metainfo['classes'] == TOY_CLASSES and dataset.label_map is None
+        assert dataset.metainfo['classes'] == TOY_SEG_CLASSES and dataset.label_map is None
         for i in range(len(dataset)):
             data = dataset.get_data_info(i)
             assert Path(data['img_path']).is_file() and Path(data['seg_map_path']).is_file()
             label = cv2.imread(data['seg_map_path'], cv2.IMREAD_UNCHANGED)
             assert label.dtype == np.uint8 and label.shape == (128, 128)
-            assert set(np.unique(label).tolist()) <= {0, 1, 2, 3} and (label > 0).any()
+            assert set(np.unique(label).tolist()) <= {0, 1, 2, 3} and (label > 0).any() and (label == 0).any()
 
-    # mmseg's loader applies reduce_zero_label: classes become 0..2 and background the ignore index 255.
-    results = LoadAnnotations()(dict(dataset.get_data_info(0)))
-    assert set(np.unique(results['gt_seg_map']).tolist()) <= {0, 1, 2, 255}
-    assert 255 in results['gt_seg_map']
+    # mmseg's loader keeps every pixel: background stays class 0 (trained and scored), nothing becomes ignore (255).
+    results = LoadAnnotations()(dict(dataset.get_data_info(0)))  # takes reduce_zero_label from the dataset
+    gt = results['gt_seg_map']
+    assert 0 in gt and 255 not in gt and set(np.unique(gt).tolist()) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(gt, cv2.imread(dataset.get_data_info(0)['seg_map_path'], cv2.IMREAD_UNCHANGED))
 
     # The same seed draws the same scenes as the COCO set: per-class pixel counts equal the summed areas.
     coco = json.loads(Path(coco_root[1]['train']['ann_file']).read_text())
@@ -155,3 +158,18 @@ def test_image_size_and_argument_checks(tmp_path):
         make_toy_ade(tmp_path / 'd', image_size=(16, 16))
     with pytest.raises(ValueError):
         make_toy_coco(tmp_path / 'e', seed=-1)
+
+
+def test_command_line_module(tmp_path):
+    """``python -m mmdualvit.datasets.toy`` (what an installed package offers) writes both sets where configs look."""
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, '-W', 'error::RuntimeWarning', '-m', 'mmdualvit.datasets.toy', 'all', '--num-train', '2',
+         '--num-val', '1', '--image-size', '48', '64'],
+        cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert 'reduce_zero_label=False' in result.stdout
+    assert cv2.imread(str(tmp_path / 'data/toy_coco/train/000002.png')).shape == (48, 64, 3)
+    assert (tmp_path / 'data/toy_ade/annotations/validation/000001.png').is_file()
+    coco = json.loads((tmp_path / 'data/toy_coco/annotations/instances_val.json').read_text())
+    assert len(coco['images']) == 1 and coco['annotations']
