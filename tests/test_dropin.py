@@ -1,0 +1,182 @@
+"""Drop-in use as README describes it: copy a row's config files into an empty project and run the installed
+mmdet / mmseg packages' own tools and inference APIs on them; upstream visualisation under our pinned stack."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / 'configs'
+README = REPO / 'README.md'
+SECTION = '### Using our configs in an mmdet or mmsegmentation project'
+
+
+def readme_section() -> str:
+    text = README.read_text(encoding='utf-8')
+    start = text.index(SECTION)
+    end = text.index('\n#', start + len(SECTION))
+    return text[start:end]
+
+
+def readme_rows() -> dict:
+    """``{family: [file, ...]}`` from the section's table: exactly the files README tells users to copy."""
+    rows = {}
+    for line in readme_section().splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if len(cells) == 2 and cells[1].startswith('`'):
+            rows[cells[0]] = re.findall(r'`([^`]+\.py)`', cells[1])
+    return rows
+
+
+def copy_row(files, dest: Path) -> Path:
+    for name in files:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CONFIGS / name, dest / name)
+    return dest
+
+
+def mmdualvit_names(value):
+    """Every string in a loaded config that names something of ours (types, imports, file backends)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from mmdualvit_names(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from mmdualvit_names(item)
+    elif isinstance(value, str) and value.startswith('mmdualvit'):
+        yield value
+
+
+def test_readme_rows_are_self_contained_and_name_every_config_and_mmdualvit_name(tmp_path, monkeypatch):
+    """Each row of README's table, copied alone into an empty folder, loads; together the rows list every config, and
+    README's list of mmdualvit names is exactly what the configs use."""
+    rows = readme_rows()
+    listed = [name for files in rows.values() for name in files]
+    on_disk = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob('*.py'))
+    # Toy rows repeat their base (a real primitive): every config is listed, and only toy rows share files.
+    assert sorted(set(listed)) == on_disk
+    non_toy = [name for family, files in rows.items() if not family.startswith('toy') for name in files]
+    assert len(non_toy) == len(set(non_toy))
+
+    used = set()
+    for index, (family, files) in enumerate(rows.items()):
+        project = copy_row(files, tmp_path / str(index))
+        monkeypatch.chdir(project)  # relative paths must not reach back into the checkout
+        for name in files:
+            try:
+                cfg = Config.fromfile(str(project / name))
+            except Exception as error:  # name the row whose files are not self-contained
+                raise AssertionError(f'{name} of README row {family!r} does not load on its own: {error}') from error
+            used.update(mmdualvit_names(cfg.to_dict()))
+    listed_names = set(re.findall(r'`(mmdualvit[._A-Za-z0-9]*)`', readme_section().split('Every mmdualvit name')[1]))
+    assert listed_names == used
+
+
+def test_mmseg_visualizer_draws_a_toy_sample(tmp_path):
+    """mmseg's SegLocalVisualizer (what --show-dir and MMSegInferencer use) under our pinned OpenCV."""
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from mmseg.visualization import SegLocalVisualizer
+
+    from mmdualvit.datasets import TOY_SEG_CLASSES, TOY_SEG_PALETTE, make_toy_ade
+    info = make_toy_ade(tmp_path / 'ade', num_train=1, num_val=0)
+    image = cv2.cvtColor(cv2.imread(str(Path(info['train']['img_dir']) / '000001.png')), cv2.COLOR_BGR2RGB)
+    label = cv2.imread(str(Path(info['train']['ann_dir']) / '000001.png'), cv2.IMREAD_UNCHANGED)
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=torch.from_numpy(label.astype(np.int64))[None])
+    visualizer = SegLocalVisualizer(name='dropin_test', alpha=1.0)
+    visualizer.dataset_meta = dict(classes=TOY_SEG_CLASSES, palette=TOY_SEG_PALETTE)
+    out_file = tmp_path / 'vis.png'
+    visualizer.add_datasample('toy', image, sample, draw_pred=False, out_file=str(out_file))
+    drawn = cv2.cvtColor(cv2.imread(str(out_file)), cv2.COLOR_BGR2RGB)
+    assert drawn.shape == image.shape
+    # alpha=1: away from the class-name labels, every pixel shows its class's palette colour.
+    for cls, colour in enumerate(TOY_SEG_PALETTE):
+        if (label == cls).any():
+            share = (drawn[label == cls] == colour).all(axis=1).mean()
+            assert share > 0.5, (TOY_SEG_CLASSES[cls], share)
+
+
+# End to end through the installed packages' own tools (subprocesses: a minute or two on 2 CPU cores).
+
+def package_tool(package: str, *parts: str) -> str:
+    module = __import__(package)
+    path = Path(module.__file__).parent / '.mim' / 'tools' / Path(*parts)
+    assert path.is_file(), f'{package} ships no {path}'
+    return str(path)
+
+
+def run(args, cwd):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=dict(os.environ, PYTHONWARNINGS='ignore'),
+                          capture_output=True, text=True, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def train_and_test(package, project: Path, config: str, extra):
+    """2 training iterations, then the package's test.py with --show-dir; returns (test log, checkpoint, show dir)."""
+    run([package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options', 'train_cfg.max_iters=2',
+         'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2',
+         *extra], cwd=project)
+    assert (project / 'work' / 'iter_2.pth').is_file()
+    log = run([package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test', '--show-dir', 'show'],
+              cwd=project)
+    # Both packages put --show-dir under work_dir/<timestamp>/.
+    show = [p for p in (project / 'test').glob('*/show') if p.is_dir()]
+    assert len(show) == 1, log[-2000:]
+    return log, project / 'work' / 'iter_2.pth', show[0]
+
+
+@pytest.mark.slow
+def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
+    project = copy_row(readme_rows()['toy Mask R-CNN'], tmp_path)
+    run(['-m', 'mmdualvit.datasets.toy', 'coco', '--num-train', '4', '--num-val', '2'], cwd=project)
+    config = 'toy/maskrcnn_dualvit_toy.py'
+    log, checkpoint, show = train_and_test('mmdet', project, config, [])
+    assert re.search(r'coco/bbox_mAP: [0-9.]+', log) and re.search(r'coco/segm_mAP: [0-9.]+', log)
+    assert len(list(show.glob('*.png'))) == 2  # one picture per validation image
+
+    from mmdet.apis import DetInferencer
+    monkeypatch.chdir(project)
+    inferencer = DetInferencer(model=config, weights=str(checkpoint), device='cpu', show_progress=False)
+    result = inferencer(str(project / 'data/toy_coco/val/000001.png'), out_dir=str(project / 'infer'))
+    prediction = result['predictions'][0]
+    assert set(prediction) >= {'labels', 'scores', 'bboxes', 'masks'}
+    assert all(label in (0, 1, 2) for label in prediction['labels'])
+    assert (project / 'infer' / 'vis' / '000001.png').is_file()
+
+    # mmdet's own dataset browser draws the toy annotations under the pinned OpenCV.
+    run([package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show', '--output-dir', 'browse'],
+        cwd=project)
+    assert len(list((project / 'browse').glob('*.png'))) == 4
+
+
+@pytest.mark.slow
+def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
+    project = copy_row(readme_rows()['toy UperNet'], tmp_path)
+    run(['-m', 'mmdualvit.datasets.toy', 'ade', '--num-train', '4', '--num-val', '3'], cwd=project)
+    config = 'toy/upernet_dualvit_toy.py'
+    log, checkpoint, show = train_and_test('mmseg', project, config, [])
+    # mIoU over all four classes, background included (reduce_zero_label=False): a per-class row for each.
+    for name in ('background', 'square', 'circle', 'triangle'):
+        assert re.search(rf'\|\s*{name}\s*\|', log), log[-3000:]
+    assert re.search(r'mIoU: [0-9.]+', log)
+    # The config's visualization interval of 1 makes mmseg's test.py draw every image, not every 50th.
+    assert len(list(show.rglob('*.png'))) == 3
+
+    from mmseg.apis import MMSegInferencer
+    monkeypatch.chdir(project)
+    inferencer = MMSegInferencer(model=config, weights=str(checkpoint), device='cpu')
+    result = inferencer(str(project / 'data/toy_ade/images/validation/000001.png'), out_dir=str(project / 'infer'))
+    prediction = np.asarray(result['predictions'])
+    assert prediction.shape == (128, 128) and set(np.unique(prediction).tolist()) <= {0, 1, 2, 3}
+    assert list((project / 'infer').rglob('*.png'))
