@@ -130,8 +130,8 @@ def train_and_test(package, project: Path, config: str, extra):
     assert (project / 'work' / 'iter_2.pth').is_file()
     log = run([package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test', '--show-dir', 'show'],
               cwd=project)
-    # Both packages put --show-dir under work_dir/<timestamp>/.
-    show = [p for p in (project / 'test').glob('*/show') if p.is_dir()]
+    # mmdet puts --show-dir under work_dir/<timestamp>/, mmseg's visualizer writes it relative to the working directory.
+    show = [p for p in [*(project / 'test').glob('*/show'), project / 'show'] if p.is_dir()]
     assert len(show) == 1, log[-2000:]
     return log, project / 'work' / 'iter_2.pth', show[0]
 
