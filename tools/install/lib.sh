@@ -56,42 +56,50 @@ EOF
     fi
 }
 
-# Sets CUDA_HOME for a CUDA build of mmcv. Uses $CUDA_HOME or an nvcc on PATH when their release matches
-# torch.version.cuda ($2, e.g. 13.0); otherwise installs NVIDIA's nvcc + headers wheels of that release from PyPI
-# into $1/cuda-<release> (a side folder, so the venv's own nvidia-* runtime packages are left alone).
+# Sets CUDA_HOME for a CUDA build of mmcv ($1: torch.version.cuda, e.g. 13.0). Takes $CUDA_HOME or the nvcc on
+# PATH when it is of that release and has the library headers torch's CUDA headers include (cusparse.h, ...),
+# unless MMDUALVIT_CUDA=pypi. Otherwise installs NVIDIA's nvcc, crt, nvvm (cicc) and cccl (thrust/cub) wheels of
+# that release from PyPI into the venv ($vpy): they land in site-packages/nvidia/cu<major>/ next to the cudart,
+# cublas, cusparse... wheels torch itself depends on, which together make a complete CUDA_HOME.
 ensure_cuda_home() {
-    local cache=$1 cuda=$2 nvcc release
-    for nvcc in ${CUDA_HOME:+$CUDA_HOME/bin/nvcc} $(command -v nvcc || true); do
-        release=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
-        if [ "$release" = "$cuda" ]; then
-            CUDA_HOME=$(cd "$(dirname "$nvcc")/.." && pwd); export CUDA_HOME
-            log "using nvcc $release from $CUDA_HOME"
-            return 0
-        fi
-        [ -n "$release" ] && log "ignoring $nvcc: CUDA $release, but torch was built with CUDA $cuda"
-    done
-    local major=${cuda%%.*} target="$cache/cuda-$cuda"
-    if [ ! -x "$target/nvidia/cu$major/bin/nvcc" ]; then
-        log "installing nvcc and the CUDA $cuda headers from PyPI into $target"
-        # nvcc (+ptxas), crt and nvvm (cicc) compile; cccl gives thrust/cub; runtime gives cuda_runtime.h and libcudart.
-        "$vpy" -m pip install -q --no-deps --target "$target.part" \
-            "nvidia-cuda-nvcc==$cuda.*" "nvidia-cuda-crt==$cuda.*" "nvidia-nvvm==$cuda.*" \
-            "nvidia-cuda-cccl==$cuda.*" "nvidia-cuda-runtime==$cuda.*"
-        # torch links with -L$CUDA_HOME/lib64 -lcudart; the wheel ships lib/libcudart.so.<major> only.
-        ln -sfn lib "$target.part/nvidia/cu$major/lib64"
-        ln -sfn "libcudart.so.$major" "$target.part/nvidia/cu$major/lib/libcudart.so"
-        rm -rf "$target"; mv "$target.part" "$target"
+    local cuda=$1 nvcc release home
+    if [ "${MMDUALVIT_CUDA:-}" != pypi ]; then
+        for nvcc in ${CUDA_HOME:+$CUDA_HOME/bin/nvcc} $(command -v nvcc || true); do
+            release=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
+            # /usr/local/bin/nvcc may be a script that execs the real one: ask it for its own location instead.
+            home=$(cd "$(dirname "$(readlink -f "$nvcc")")/.." && pwd)
+            [ -x "$home/bin/nvcc" ] || home=${CUDA_HOME:-$home}
+            if [ "$release" = "$cuda" ] && [ -f "$home/include/cusparse.h" ]; then
+                export CUDA_HOME=$home
+                log "using nvcc $release from $CUDA_HOME"
+                return 0
+            fi
+            [ -n "$release" ] && log "not using $nvcc (CUDA $release, torch has CUDA $cuda; cusparse.h in $home:" \
+                "$([ -f "$home/include/cusparse.h" ] && echo yes || echo no))"
+        done
     fi
-    export CUDA_HOME="$target/nvidia/cu$major"
-    log "using nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p') from $CUDA_HOME"
+    local major=${cuda%%.*} site
+    site=$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    home="$site/nvidia/cu$major"
+    if [ ! -x "$home/bin/nvcc" ]; then
+        log "installing nvcc and the CUDA $cuda compiler headers from PyPI into $home"
+        "$vpy" -m pip install -q "nvidia-cuda-nvcc==$cuda.*" "nvidia-cuda-crt==$cuda.*" "nvidia-nvvm==$cuda.*" \
+            "nvidia-cuda-cccl==$cuda.*" "nvidia-cuda-runtime==$cuda.*"
+    fi
+    [ -f "$home/include/cusparse.h" ] || die "$home lacks cusparse.h: is torch a CUDA $cuda build with its nvidia-* wheels?"
+    # torch links with -L$CUDA_HOME/lib64 -lcudart; the wheels ship lib/libcudart.so.<major> only.
+    [ -e "$home/lib64" ] || ln -s lib "$home/lib64"
+    [ -e "$home/lib/libcudart.so" ] || ln -s "libcudart.so.$major" "$home/lib/libcudart.so"
+    export CUDA_HOME=$home
+    log "using nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p') from $CUDA_HOME (PyPI)"
 }
 
 # Prepares the environment for compiling mmcv: wrappers when the torch headers need C++20, CUDA_HOME for CUDA
-# builds. $1: scratch dir for the wrappers, $2: cache dir, then the fields of mmcv_build_facts.
+# builds. $1: scratch dir for the wrappers, then flavour, torch.version.cuda and cxx20 from mmcv_build_facts.
 prepare_mmcv_compile_env() {
-    local scratch=$1 cache=$2 flavour=$3 cuda=$4 cxx20=$5 real_nvcc=
+    local scratch=$1 flavour=$2 cuda=$3 cxx20=$4 real_nvcc=
     if [ "$flavour" != cpu ]; then
-        ensure_cuda_home "$cache" "$cuda"
+        ensure_cuda_home "$cuda"
         export FORCE_CUDA=1
         real_nvcc="$CUDA_HOME/bin/nvcc"
         # Without a GPU to ask, torch would build for every architecture it knows (hours); say so instead.

@@ -69,7 +69,7 @@ compile_mmcv() {
     scratch=$(mktemp -d)
     log_file="$cache_root/logs/mmcv-$MMCV_VERSION-$key-$(date -u +%Y%m%dT%H%M%SZ).log"
     mkdir -p "$(dirname "$log_file")"
-    prepare_mmcv_compile_env "$scratch/bin" "$cache_root" "$flavour" "$torch_cuda" "$cxx20"
+    prepare_mmcv_compile_env "$scratch/bin" "$flavour" "$torch_cuda" "$cxx20"
     log "compiling mmcv $MMCV_VERSION for $key with MAX_JOBS=$MAX_JOBS (30-50 minutes on 2 cores for CPU ops;"
     log "  CUDA ops take longer); full log: $log_file"
     start=$(date +%s)
@@ -81,8 +81,9 @@ compile_mmcv() {
         sleep 30
         kill -0 "$pid" 2>/dev/null || break
         local step elapsed=$(( $(date +%s) - start ))
-        step=$(grep -oE '^\[[0-9]+/[0-9]+\]' "$log_file" | tail -n 1 | tr -d '[]' || true)
-        log "compiling mmcv: ${step:+$step sources compiled, }$((elapsed / 60))m$((elapsed % 60))s elapsed"
+        # pip -v indents the build output; ninja's status is "[finished/total] command".
+        step=$(grep -oE '^ *\[[0-9]+/[0-9]+\]' "$log_file" | tail -n 1 | tr -d ' []' || true)
+        log "compiling mmcv: ${step:+step $step, }$((elapsed / 60))m$((elapsed % 60))s elapsed"
     done
     status=0; wait "$pid" || status=$?
     if [ "$status" != 0 ]; then
