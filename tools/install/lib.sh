@@ -79,6 +79,9 @@ ensure_cuda_home() {
         done
     fi
     local major=${cuda%%.*} site
+    # CUDA 12 wheels spread over nvidia/<package>/ folders (and carry a -cu12 suffix); no single CUDA_HOME there.
+    [ "$major" -ge 13 ] || die "no nvcc of CUDA $cuda found: install the CUDA $cuda toolkit and set CUDA_HOME" \
+        "(the PyPI fallback needs CUDA >= 13's one-folder wheel layout)"
     site=$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     home="$site/nvidia/cu$major"
     if [ ! -x "$home/bin/nvcc" ]; then
