@@ -10,7 +10,8 @@
 # Sources are paths under mmcv/ops/csrc/. TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200). Like setup_env.sh, it
 # pip-installs nvidia-cuda-nvcc/-crt/-cccl and nvidia-nvvm of torch's CUDA release into the venv (once); mmcv's
 # source goes to a temporary folder. MMDUALVIT_CUDA defaults to `pypi` here (ignore any system nvcc); set it empty
-# to let a matching system CUDA toolkit be used as setup_env.sh would.
+# to let a matching system CUDA toolkit be used as setup_env.sh would. WITHOUT_CXX20=1 leaves the C++20 wrappers
+# out (control: with torch >= 2.10 the compile must then fail on ATen's "C++20 or later" #error).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,6 +25,7 @@ export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
 facts=$(mmcv_build_facts "$vpy") || die "cannot determine what to build mmcv for (above)"
 read -r py_tag torch_version flavour torch_cuda cxx20 <<< "$facts"
+[ "${WITHOUT_CXX20:-0}" = 1 ] && cxx20=0
 log "build key: $py_tag-torch$torch_version-$flavour (C++20 wrappers: $cxx20)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
