@@ -25,8 +25,8 @@ export VENV=${VENV:-$root/.venv-torch$torch_version}
 work=$(mktemp -d)
 # torch < 2.3 was built against numpy 1.x; numpy 2 breaks its tensor <-> array conversions.
 printf 'torch==%s\ntorchvision==%s\nnumpy<2\n' "$torch_version" "$torchvision_version" > "$work/torch.txt"
-grep -E '^(mmengine|mmcv|mmdet|mmsegmentation|mmpretrain|setuptools|wheel|ninja)==' \
-    "$root/requirements/constraints.txt" > "$work/constraints.txt"
+{ grep -E '^(mmengine|mmcv|mmdet|mmsegmentation|mmpretrain|setuptools|wheel|ninja)==' \
+    "$root/requirements/constraints.txt"; echo 'numpy<2'; } > "$work/constraints.txt"
 TORCH_REQUIREMENTS="$work/torch.txt" CONSTRAINTS="$work/constraints.txt" bash "$root/tools/install/setup_env.sh"
 rm -rf "$work"
 

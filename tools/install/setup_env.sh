@@ -55,6 +55,7 @@ try_wheels() {
         [ -f "$wheel" ] || continue
         log "trying $wheel"
         pip install -q --no-deps --force-reinstall "$wheel" >&2
+        pip install -q -c "$constraints" "$wheel" >&2  # mmcv's own dependencies (cv2, mmengine, ...), pinned
         if ops_ok >&2; then echo "$wheel"; return 0; fi
         log "refused $wheel (see the reason above)"
         pip uninstall -q -y mmcv >&2
