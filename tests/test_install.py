@@ -58,3 +58,24 @@ def test_check_env_accepts_only_the_flavour_mmcv_was_built_for(flavour):
     else:
         assert proc.returncode == 1
         assert f'mmcv._ext was built for {built}, this environment needs {flavour}' in proc.stderr
+
+
+def test_install_requires_are_ranges_that_admit_older_stacks():
+    """`pip install -e .` into an existing torch 2.0/2.1 + mmcv 2.0/2.1 environment must keep what is there."""
+    from packaging.requirements import Requirement
+    captured = {}
+    import setuptools
+    original = setuptools.setup
+    setuptools.setup = lambda **kwargs: captured.update(kwargs)
+    try:
+        import runpy
+        runpy.run_path(str(ROOT / 'setup.py'), run_name='setup')
+    finally:
+        setuptools.setup = original
+    requirements = {Requirement(line).name: Requirement(line).specifier for line in captured['install_requires']}
+    assert not [str(s) for s in requirements.values() if '==' in str(s)], 'exact pins belong in constraints.txt'
+    for name, old, pinned in [('torch', '2.0.1', '2.14.1'), ('mmcv', '2.0.1', '2.1.0'), ('mmengine', '0.8.4', '0.10.7'),
+                              ('mmdet', '3.0.0', '3.3.0'), ('mmsegmentation', '1.0.0', '1.2.2'),
+                              ('mmpretrain', '1.0.0', '1.2.0')]:
+        assert old in requirements[name] and pinned in requirements[name], (name, requirements[name])
+    assert '2.2.0' not in requirements['mmcv']  # mmdet 3.3 / mmseg 1.2 refuse mmcv 2.2 at import
