@@ -1,10 +1,12 @@
 # make test / make demo create (once) and reuse the virtual environment in .venv/.
+#   PYTHON=python3.12 make test     builds the venv with another interpreter (3.10 to 3.13)
 VENV ?= .venv
-PYTHON := $(VENV)/bin/python
+# PYTHON, the interpreter that creates the venv, is read from the environment by tools/install/setup_env.sh.
+VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmdualvit-installed
-REQS := requirements.txt $(wildcard requirements/*.txt) setup.py tools/install/setup_env.sh
+REQS := requirements.txt $(wildcard requirements/*.txt) setup.py $(wildcard tools/install/*)
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo gpu-check old-torch-env clean-venv
 
 install: $(STAMP)
 
@@ -14,10 +16,20 @@ $(STAMP): $(REQS)
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PYTHON) -m pytest tests
+	$(VPY) -m pytest tests
 
 demo: $(STAMP)
-	bash tools/demo.sh
+	PYTHON=$(VPY) bash tools/demo.sh
+
+# GPU checks (the cuda-marked tests) and GPU benchmark rows, printed as a table for README.
+gpu-check: $(STAMP)
+	$(VPY) tools/analysis/gpu_check.py
+
+# A second environment with an older torch and mmcv compiled against it, then the whole test suite there:
+#   make old-torch-env TORCH=2.1.2    (venv in .venv-torch2.1.2; not part of CI)
+TORCH ?= 2.1.2
+old-torch-env:
+	bash tools/install/old_torch_env.sh $(TORCH)
 
 clean-venv:
 	rm -rf $(VENV)

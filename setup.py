@@ -22,7 +22,7 @@ setup(
     long_description=(HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     install_requires=read_requirements('torch.txt') + read_requirements('mminstall.txt')
     + read_requirements('runtime.txt'),

@@ -35,7 +35,8 @@ class PortableHistoryBuffer(HistoryBuffer):
 
 
 def _numpy_globals():
-    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    # numpy 2 renamed numpy.core to numpy._core; numpy 1.26 has a partial numpy._core without multiarray.
+    multiarray = np._core.multiarray if int(np.__version__.split('.')[0]) >= 2 else np.core.multiarray
     dtype_classes = [type(np.dtype(code)) for code in np.typecodes['All'] if code not in 'OMm']
     return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
 

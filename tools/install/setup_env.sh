@@ -1,72 +1,120 @@
 #!/usr/bin/env bash
-# Create (or reuse) the virtual environment and install mmdualvit with its pinned OpenMMLab stack.
+# Create (or reuse) a virtual environment and install mmdualvit with its pinned OpenMMLab stack.
 #
-#   bash tools/install/setup_env.sh            # venv at ./.venv
-#   VENV=/path/to/venv bash tools/install/setup_env.sh
+#   bash tools/install/setup_env.sh                                   # venv at ./.venv, the `python3` on PATH
+#   PYTHON=python3.12 VENV=/path/to/venv bash tools/install/setup_env.sh
+#   FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 bash tools/install/setup_env.sh   # CUDA ops without a visible GPU
 #
-# mmcv 2.1.0 exists on PyPI only as a source tarball. Its wheel is looked up, in order, in $PIP_FIND_LINKS and in
-# our own cache (.cache/wheels/torch-<version>/); if none is found it is compiled once (30-50 min on 2 cores) into
-# that cache, keyed by the torch version because the compiled ops only work with the torch they were built against.
+# Other settings: TORCH_REQUIREMENTS (default requirements/torch.txt) and CONSTRAINTS (default
+# requirements/constraints.txt) choose the torch and the pins (old_torch_env.sh uses them), MAX_JOBS (2) the
+# compile parallelism, MMDUALVIT_WHEEL_CACHE (.cache/wheels) where compiled mmcv wheels are kept.
+#
+# mmcv 2.1.0 exists on PyPI only as a source tarball. Its compiled ops only work with the Python, torch build and
+# CUDA flavour they were built for, so wheels are cached under a key naming all three (see lib.sh), e.g.
+# .cache/wheels/mmcv-2.1.0/cp312-torch2.14.1+cu130-cpu/. A wheel is taken from that cache, or else from pip's
+# find-links folders if it matches the interpreter's tag AND passes check_env.py (its ops load with this torch and
+# are of the needed flavour: a CPU-only wheel is refused on a GPU machine); otherwise mmcv is compiled once
+# (30-50 min on 2 cores) into the cache, with progress printed every 30 s.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=tools/install/lib.sh
+. "$root/tools/install/lib.sh"
 venv=${VENV:-$root/.venv}
 python=${PYTHON:-python3}
-torch_version=$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' "$root/requirements/torch.txt")
-wheel_cache=${MMDUALVIT_WHEEL_CACHE:-$root/.cache/wheels}/torch-$torch_version
+torch_reqs=${TORCH_REQUIREMENTS:-$root/requirements/torch.txt}
+constraints=${CONSTRAINTS:-$root/requirements/constraints.txt}
+cache_root=${MMDUALVIT_WHEEL_CACHE:-$root/.cache/wheels}
 
-log() { printf '[setup_env] %s\n' "$*" >&2; }
-
-[ -x "$venv/bin/python" ] || { log "creating virtual environment $venv"; "$python" -m venv "$venv"; }
+[ -x "$venv/bin/python" ] || { log "creating virtual environment $venv with $python"; "$python" -m venv "$venv"; }
 vpy="$venv/bin/python"
 pip() { "$vpy" -m pip "$@"; }
+"$vpy" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 13)' \
+    || die "$("$vpy" -V) is not supported: use Python 3.10 to 3.13 (PYTHON=python3.12 ...)"
 
-mkdir -p "$wheel_cache"
-# Keep any find-links pip is configured with (e.g. local torch wheels) and add our cache.
+# Keep any find-links pip is configured with (e.g. local torch wheels); our cache is searched separately.
 configured_links=$(pip config get global.find-links 2>/dev/null || true)
-export PIP_FIND_LINKS="$wheel_cache ${PIP_FIND_LINKS:-} $configured_links"
-constraints="$root/requirements/constraints.txt"
+find_links="${PIP_FIND_LINKS:-} $configured_links"
 
-log "installing build tools and torch $torch_version"
-pip install -q -c "$constraints" -r "$root/requirements/build.txt" -r "$root/requirements/torch.txt"
+log "installing build tools and torch ($(grep -v '^#' "$torch_reqs" | tr '\n' ' '))"
+pip install -q -c "$constraints" -r "$root/requirements/build.txt" -r "$torch_reqs"
 
-find_mmcv_wheel() {
-    local dir
-    for dir in $PIP_FIND_LINKS; do
-        ls "$dir"/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl 2>/dev/null && return 0
+facts=$(mmcv_build_facts "$vpy") || die "cannot determine what to build mmcv for (above)"
+read -r py_tag torch_version flavour torch_cuda cxx20 <<< "$facts"
+key="$py_tag-torch$torch_version-$flavour"
+wheel_cache="$cache_root/mmcv-$MMCV_VERSION/$key"
+mkdir -p "$wheel_cache"
+log "mmcv build key: $key"
+
+ops_ok() { "$vpy" "$root/tools/install/check_env.py" --ops-only --flavour "$flavour"; }
+
+# Installs the first wheel (of those given) whose ops work here; prints it. Others are uninstalled again.
+try_wheels() {
+    local wheel
+    for wheel in "$@"; do
+        [ -f "$wheel" ] || continue
+        log "trying $wheel"
+        pip install -q --no-deps --force-reinstall "$wheel" >&2
+        pip install -q -c "$constraints" "$wheel" >&2  # mmcv's own dependencies (cv2, mmengine, ...), pinned
+        if ops_ok >&2; then echo "$wheel"; return 0; fi
+        log "refused $wheel (see the reason above)"
+        pip uninstall -q -y mmcv >&2
     done
     return 1
 }
 
-if ! "$vpy" -c 'import mmcv, mmcv.ops' 2>/dev/null; then
-    if ! wheel=$(find_mmcv_wheel); then
-        log "no prebuilt mmcv 2.1.0 wheel found: compiling it against torch $torch_version (30-50 minutes)"
-        # torch >= 2.10 headers need C++20 but mmcv's setup.py forces -std=c++17; a later flag wins.
-        cxx=$(mktemp -d)/cxx
-        printf '#!/bin/sh\nexec g++ "$@" -std=gnu++20\n' > "$cxx"
-        chmod +x "$cxx"
-        tmp_wheels=$(mktemp -d)
-        CXX="$cxx" MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} \
-            pip wheel --no-build-isolation --no-deps --no-cache-dir --no-binary mmcv -w "$tmp_wheels" mmcv==2.1.0
-        # Move into the cache only once complete, so an interrupted build never leaves a broken wheel there.
-        mv "$tmp_wheels"/mmcv-2.1.0-*.whl "$wheel_cache/"
-        wheel=$(find_mmcv_wheel)
+# Compiles mmcv into $wheel_cache, printing progress (ninja's [done/total]) every 30 s; on failure, the last
+# compiler error and the log's path.
+compile_mmcv() {
+    local scratch log_file start pid status
+    scratch=$(mktemp -d)
+    log_file="$cache_root/logs/mmcv-$MMCV_VERSION-$key-$(date -u +%Y%m%dT%H%M%SZ).log"
+    mkdir -p "$(dirname "$log_file")"
+    prepare_mmcv_compile_env "$scratch/bin" "$flavour" "$torch_cuda" "$cxx20"
+    log "compiling mmcv $MMCV_VERSION for $key with MAX_JOBS=$MAX_JOBS (30-50 minutes on 2 cores for CPU ops;"
+    log "  CUDA ops take longer); full log: $log_file"
+    start=$(date +%s)
+    # --no-cache-dir / --no-binary: pip's own wheel cache does not know which torch a wheel was built against.
+    pip wheel -v --no-build-isolation --no-deps --no-cache-dir --no-binary mmcv -w "$scratch/wheels" \
+        "mmcv==$MMCV_VERSION" > "$log_file" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 30
+        kill -0 "$pid" 2>/dev/null || break
+        local step elapsed=$(( $(date +%s) - start ))
+        # pip -v indents the build output; ninja's status is "[finished/total] command".
+        step=$(grep -oE '^ *\[[0-9]+/[0-9]+\]' "$log_file" | tail -n 1 | tr -d ' []' || true)
+        log "compiling mmcv: ${step:+step $step, }$((elapsed / 60))m$((elapsed % 60))s elapsed"
+    done
+    status=0; wait "$pid" || status=$?
+    if [ "$status" != 0 ]; then
+        log "mmcv compile FAILED (exit $status) after $(( ($(date +%s) - start) / 60 )) min. Last compiler error:"
+        local errors
+        errors=$(grep -nE 'error:|#error|FAILED:|fatal' "$log_file" | tail -n 8 || true)
+        printf '%s\n' "${errors:-$(tail -n 20 "$log_file")}" >&2
+        die "full log: $log_file"
     fi
-    log "installing $wheel"
-    pip install -q --no-deps "$wheel"
+    log "mmcv compiled in $(( ($(date +%s) - start) / 60 )) min ($log_file)"
+    # Moved into the cache only once complete, so an interrupted build never leaves a broken wheel there.
+    mv "$scratch"/wheels/mmcv-"$MMCV_VERSION"-*.whl "$wheel_cache/"
+    rm -rf "$scratch"
+}
+
+if ops_ok 2>/dev/null; then
+    log "mmcv $MMCV_VERSION already installed and working"
+else
+    pattern="mmcv-$MMCV_VERSION-$py_tag-$py_tag-*.whl"
+    # shellcheck disable=SC2086  # find_links is a space-separated list of folders
+    if ! wheel=$(try_wheels "$wheel_cache"/$pattern $(for d in $find_links; do echo "${d#file://}"/$pattern; done)); then
+        compile_mmcv
+        wheel=$(try_wheels "$wheel_cache"/$pattern) || die "the mmcv wheel just built does not work here (above)"
+    fi
+    log "installed $wheel"
 fi
 
 log "installing the OpenMMLab stack and mmdualvit"
-pip install -q -c "$constraints" -r "$root/requirements.txt"
+# requirements.txt without its torch line: $torch_reqs chose the torch (old_torch_env.sh installs another one).
+pip install -q -c "$constraints" -r "$torch_reqs" -r "$root/requirements/mminstall.txt" \
+    -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt"
 pip install -q --no-deps --no-build-isolation -e "$root"
-
-"$vpy" - <<'PY'
-import torch
-from mmcv.ops import nms
-boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
-_, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
-assert keep.tolist() == [0, 2], keep
-import mmdet, mmseg, mmpretrain, mmengine, mmcv  # noqa: F401  (their version asserts run here)
-print(f'[setup_env] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops work), mmengine {mmengine.__version__}, '
-      f'mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}')
-PY
+"$vpy" "$root/tools/install/check_env.py" --flavour "$flavour"
