@@ -2,6 +2,7 @@
 import os.path as osp
 from typing import Optional
 
+import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
@@ -14,12 +15,17 @@ _PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
 
 
 def history_to_plain(message_hub_state: dict) -> None:
-    """Replace each ``HistoryBuffer`` of a message hub state dict by a dict of Python lists, in place.
+    """Replace each ``HistoryBuffer`` of a message hub state dict by a dict of Python lists, in place (and numpy
+    scalars among its runtime info by Python numbers).
 
     mmengine pickles the buffers as objects holding numpy arrays and references to their statistics functions
     (``builtins.getattr``), which ``weights_only=True`` rightly refuses; lists of floats need no allow-list at all.
     """
     scalars = message_hub_state.get('log_scalars', {})
+    runtime_info = message_hub_state.get('runtime_info', {})
+    for key, value in runtime_info.items():  # e.g. mmengine's `eta` is a numpy float64
+        if isinstance(value, np.generic):
+            runtime_info[key] = value.item()
     for key, buffer in scalars.items():
         if isinstance(buffer, HistoryBuffer):
             log, count = buffer.data

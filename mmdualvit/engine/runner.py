@@ -89,8 +89,8 @@ def load_model_weights(model: torch.nn.Module, checkpoint: dict, filename: str, 
         result = model.load_state_dict(state_dict, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     except RuntimeError as error:  # torch reports shape mismatches only by raising, after loading the rest
-        shapes = re.findall(r'size mismatch for (.+?): copying a param with shape (.+?) from checkpoint, the shape '
-                            r'in current model is (.+?)\.', str(error))
+        shapes = re.findall(r'size mismatch for (.+?): copying a param with shape (torch\.Size\(\[.*?\]\)) from '
+                            r'checkpoint, the shape in current model is (torch\.Size\(\[.*?\]\))', str(error))
         if not shapes:
             raise
         result = model.load_state_dict({k: v for k, v in state_dict.items() if k not in {s[0] for s in shapes}},
