@@ -4,6 +4,7 @@ Fast: a two-parameter model trained for a few iterations; the detector end-to-en
 """
 import os
 import os.path as osp
+import re
 import signal
 import stat
 import subprocess
@@ -220,3 +221,59 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     assert not tmp.exists() and f'Removed {tmp}' in log_of(runner)
     assert 'resumed epoch: 0, iter: 2' in log_of(runner) and runner.iter == 6
     assert torch.load(work / 'iter_6.pth', weights_only=True)['meta']['iter'] == 6
+
+
+def _run(args, cwd, timeout=300):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]), PYTHONWARNINGS='ignore')
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope='module')
+def crafted(tmp_path_factory):
+    from crafted_checkpoints import write_void_dtype_with_object_field
+    path = tmp_path_factory.mktemp('crafted') / 'evil.pth'
+    write_void_dtype_with_object_field(path)
+    return path
+
+
+def test_crafted_file_crashes_a_loader_that_allows_numpy_dtypes(crafted, tmp_path):
+    """The file is the real attack: with numpy's dtype classes allow-listed (as mmdualvit once did) the loading
+    process dies of a signal when the array is freed."""
+    code = ('import numpy as np, torch\n'
+            'm = np._core.multiarray\n'
+            'torch.serialization.add_safe_globals([m._reconstruct, np.ndarray, np.dtype, '
+            '*[type(np.dtype(c)) for c in np.typecodes["All"] if c not in "OMm"]])\n'
+            f'checkpoint = torch.load({str(crafted)!r}, weights_only=True)\n'
+            'del checkpoint\n')
+    rc, out = _run([sys.executable, '-c', code], cwd=tmp_path)
+    assert rc < 0, f'expected a crash, got rc {rc}: {out[-2000:]}'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('entry', ['init_cfg', 'dualvit2mmdualvit', 'sequencer2mmdualvit', 'test.py', 'load_from',
+                                   'resume'])
+def test_crafted_file_is_refused_by_every_loading_path(crafted, tmp_path, entry):
+    toy = REPO / 'configs/toy/maskrcnn_dualvit_toy.py'
+    fast = ['train_cfg.max_iters=1', 'train_cfg.val_interval=1000']
+    if entry in ('test.py', 'load_from', 'resume'):
+        from mmdualvit.datasets import make_toy_coco
+        make_toy_coco(tmp_path / 'data' / 'toy_coco', num_train=2, num_val=1, image_size=(64, 64), seed=1)
+    args = {
+        'init_cfg': [sys.executable, '-c', 'from mmdualvit.models import DualViT\n'
+                     f'DualViT(arch="s", init_cfg=dict(type="Pretrained", checkpoint={str(crafted)!r})).init_weights()'],
+        'dualvit2mmdualvit': [sys.executable, str(REPO / 'tools/model_converters/dualvit2mmdualvit.py'), str(crafted),
+                              str(tmp_path / 'out.pth')],
+        'sequencer2mmdualvit': [sys.executable, str(REPO / 'tools/model_converters/sequencer2mmdualvit.py'),
+                                str(crafted), str(tmp_path / 'out.pth')],
+        'test.py': [sys.executable, str(REPO / 'tools/test.py'), str(toy), str(crafted), '--work-dir',
+                    str(tmp_path / 'w')],
+        'load_from': [sys.executable, str(REPO / 'tools/train.py'), str(toy), '--work-dir', str(tmp_path / 'w'),
+                      '--cfg-options', f'load_from={crafted}', *fast],
+        'resume': [sys.executable, str(REPO / 'tools/train.py'), str(toy), '--work-dir', str(tmp_path / 'w'),
+                   '--resume', str(crafted), '--cfg-options', *fast],
+    }[entry]
+    rc, out = _run(args, cwd=tmp_path)
+    assert rc > 0, f'rc {rc} (a negative rc is a crash by signal): {out[-3000:]}'
+    assert 'numpy' in out and re.search(r'weights_only|safe', out, re.IGNORECASE), out[-3000:]
+    assert not (tmp_path / 'out.pth').exists()
