@@ -277,3 +277,28 @@ def test_crafted_file_is_refused_by_every_loading_path(crafted, tmp_path, entry)
     assert rc > 0, f'rc {rc} (a negative rc is a crash by signal): {out[-3000:]}'
     assert 'numpy' in out and re.search(r'weights_only|safe', out, re.IGNORECASE), out[-3000:]
     assert not (tmp_path / 'out.pth').exists()
+
+
+def test_load_from_an_http_url_is_read_safely_and_strictly(trained, tmp_path):
+    import functools
+    import http.server
+    import threading
+    from crafted_checkpoints import write_void_dtype_with_object_field
+    write_void_dtype_with_object_field(trained / 'evil.pth')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(trained))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f'http://127.0.0.1:{server.server_address[1]}'
+        runner = build_runner(tmp_path, max_iters=2)
+        runner.load_checkpoint(f'{url}/iter_4.pth')
+        expected = torch.load(trained / 'iter_4.pth', weights_only=True)['state_dict']['linear.weight']
+        assert torch.equal(runner.model.linear.weight, expected)
+        with pytest.raises(CheckpointError, match=r'refused by safe loading.*numpy'):
+            runner.load_checkpoint(f'{url}/evil.pth')
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
+from mmengine.fileio import get_file_backend, get_local_path
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -40,10 +41,17 @@ def checkpoints_trusted() -> bool:
 def read_checkpoint(filename: str, map_location: Union[str, Callable] = 'cpu') -> dict:
     """Read a checkpoint with ``weights_only=True`` (unless trusted) on every torch version, with clear errors.
 
-    Local files are read here; URLs and other schemes go through mmengine's ``CheckpointLoader``.
+    Remote files (http(s), s3 ... : any scheme an mmengine file backend serves) are fetched to a local temporary
+    and read the same way; mmengine's model-zoo schemes (``open-mmlab://``, ``torchvision://`` ...) go through its
+    ``CheckpointLoader``, which uses torch's default ``weights_only``.
     """
     if '://' in filename:
-        return CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+        try:
+            get_file_backend(filename)
+        except (KeyError, ValueError):  # not a file backend's prefix: a model-zoo name
+            return CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+        with get_local_path(filename) as local:
+            return read_checkpoint(local, map_location)
     if not osp.isfile(filename):
         raise CheckpointError(f'checkpoint file {filename!r} does not exist')
     trusted = checkpoints_trusted()
