@@ -261,7 +261,8 @@ def test_crafted_file_is_refused_by_every_loading_path(crafted, tmp_path, entry)
         make_toy_coco(tmp_path / 'data' / 'toy_coco', num_train=2, num_val=1, image_size=(64, 64), seed=1)
     args = {
         'init_cfg': [sys.executable, '-c', 'from mmdualvit.models import DualViT\n'
-                     f'DualViT(arch="s", init_cfg=dict(type="Pretrained", checkpoint={str(crafted)!r})).init_weights()'],
+                     f'DualViT(arch="s", init_cfg=dict(type="Pretrained", checkpoint={str(crafted)!r}))'
+                     '.init_weights()'],
         'dualvit2mmdualvit': [sys.executable, str(REPO / 'tools/model_converters/dualvit2mmdualvit.py'), str(crafted),
                               str(tmp_path / 'out.pth')],
         'sequencer2mmdualvit': [sys.executable, str(REPO / 'tools/model_converters/sequencer2mmdualvit.py'),

@@ -67,8 +67,8 @@ def test_test_tool_prints_coco_metrics_and_pictures(trained, toy_root):
 
 
 # Runs with mmdualvit made unimportable, as on a machine where only torch (and mmdet) are installed.
-WITHOUT_MMDUALVIT = ('import sys\nsys.modules["mmdualvit"] = None\n'
-                     'try:\n    import mmdualvit\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit("visible")\n')
+WITHOUT_MMDUALVIT = ('import sys\nsys.modules["mmdualvit"] = None\ntry:\n    import mmdualvit\n'
+                     'except ImportError:\n    pass\nelse:\n    raise SystemExit("visible")\n')
 
 
 def test_checkpoints_load_where_mmdualvit_is_not_installed(trained, tmp_path):
@@ -109,7 +109,8 @@ def test_test_tool_is_strict_unless_told_otherwise(trained, tmp_path):
     args = [str(tmp_path / 'backbone_only.pth'), '--work-dir', str(tmp_path / 'w')]
     # mmdet's own test.py builds the config's runner_type, so the strict loading applies there too.
     mmdet_test = Path(mmdet.__file__).parent / '.mim/tools/test.py'
-    proc = subprocess.run([sys.executable, str(mmdet_test), str(TOY_DET), *args], cwd=work.parent, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, str(mmdet_test), str(TOY_DET), *args], cwd=work.parent,
+                          capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONWARNINGS='ignore'))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and 'coco/bbox_mAP' not in output
