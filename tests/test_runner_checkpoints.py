@@ -95,6 +95,15 @@ def test_explicit_resume_of_a_truncated_file_is_an_error(trained):
         runner.train()
 
 
+def test_random_bytes_are_called_corrupt_not_unsafe(tmp_path):
+    path = tmp_path / 'random.pth'
+    path.write_bytes(bytes(range(256)) * 8)
+    runner = build_runner(tmp_path / 'work', max_iters=2)
+    with pytest.raises(CheckpointError, match=r"random.pth' is corrupt or not a torch checkpoint: \S") as error:
+        runner.load_checkpoint(str(path))
+    assert 'trust' not in str(error.value) and 'weights_only' not in str(error.value)
+
+
 def test_resume_in_an_empty_work_dir_starts_from_scratch(tmp_path):
     runner = build_runner(tmp_path, max_iters=2, resume=True)
     runner.train()

@@ -58,14 +58,20 @@ def read_checkpoint(filename: str, map_location: Union[str, Callable] = 'cpu') -
     try:
         checkpoint = torch.load(filename, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as error:
-        if not trusted and re.search(r'unsupported global', str(error), re.IGNORECASE):
-            detail = next((line for line in str(error).splitlines() if re.search('global', line, re.I)), '')
+        # torch >= 2.4 says "Unsupported global: GLOBAL x.y", older torch "Unsupported class x.y".
+        refused = re.compile(r'unsupported (global|class)', re.IGNORECASE)
+        if not trusted and refused.search(str(error)):
+            detail = next(line for line in str(error).splitlines() if refused.search(line))
             raise CheckpointError(
                 f'checkpoint file {filename!r} is refused by safe loading (Weights only load failed, '
                 f'weights_only=True): {detail.strip()} Unpickling it could run arbitrary code. Only if you trust '
                 'where the file comes from, pass --trust-checkpoint.') from None
+        # Random or damaged bytes: torch wraps the unpickler's complaint (e.g. "Unsupported operand 233") in advice
+        # about weights_only that does not apply here; keep only the complaint.
+        skip = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
+        lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith(skip)]
         raise CheckpointError(f'checkpoint file {filename!r} is corrupt or not a torch checkpoint: '
-                              f'{str(error).splitlines()[0]}') from None
+                              f'{lines[0] if lines else type(error).__name__}') from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
         raise CheckpointError(f'checkpoint file {filename!r} is corrupt or truncated (an interrupted write or '
                               f'copy?): {str(error).splitlines()[0]}') from None
