@@ -220,7 +220,7 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
     to_load = OrderedDict((k, state[k]) for k in expected)
     to_load.update((k, own[k]) for k in new_keys)
     model.load_state_dict(to_load, strict=True)  # the model's own conversion runs again here: a no-op, idempotent
-    message = f'Loaded {len(expected)} tensors into {name} from {path}: all weights found.'
+    message = f'Loaded {len(expected)} tensors into {name} from {path}: all backbone weights found.'
     if expected_unused:
         message += f' Unused (expected, classifier-only): {_group(expected_unused, unused_prefixes)}.'
     if new_keys:
@@ -276,12 +276,13 @@ def init_weights_strictly(model: torch.nn.Module, default_init: Callable[[], Non
     pretrained, others = split_init_cfg(model.init_cfg, owner)
     if not pretrained:
         default_init()
-    original = model.init_cfg
-    model.init_cfg = others or None
-    try:
-        base_init_weights()
-    finally:
-        model.init_cfg = original
+    if others:  # (without any, mmengine's pass would only dump a long "unchanged by init_cfg" table)
+        original = model.init_cfg
+        model.init_cfg = others
+        try:
+            base_init_weights()
+        finally:
+            model.init_cfg = original
     for entry in pretrained:
         load_pretrained(model, entry['checkpoint'], prefix=entry.get('prefix'))
     model._is_init = True

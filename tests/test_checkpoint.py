@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmdualvit.checkpoint import (CheckpointError, convert_dualvit, convert_sequencer2d, load_backbone_checkpoint,
-                                  read_checkpoint)
+from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_backbone_checkpoint, read_checkpoint
 from mmdualvit.models import DualViT, Sequencer2D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,16 +107,17 @@ def test_sequencer_official_and_timm_formats_give_identical_models(tmp_path, seq
 
 def test_sequencer_converter_is_idempotent_and_inverts_timm(seq_s_sd):
     timm_sd = to_timm(seq_s_sd, [4, 3, 8, 3])
-    once = convert_sequencer2d(timm_sd)
+    once = Sequencer2D.convert_checkpoint(timm_sd)
     assert list(once) == list(seq_s_sd)
-    assert convert_sequencer2d(once) == once
-    assert convert_sequencer2d(seq_s_sd) == OrderedDict(seq_s_sd)
+    assert Sequencer2D.convert_checkpoint(once) == once
+    assert Sequencer2D.convert_checkpoint(seq_s_sd) == OrderedDict(seq_s_sd)
 
 
 def test_dualvit_converter_is_idempotent(dualvit_s_sd):
-    once = convert_dualvit({'state_dict': {'module.' + k: v for k, v in dualvit_s_sd.items()}, 'epoch': 3})
+    once = DualViT.convert_checkpoint(extract_state_dict({'state_dict': {'module.' + k: v for k, v in
+                                                                        dualvit_s_sd.items()}, 'epoch': 3}))
     assert list(once) == list(dualvit_s_sd)
-    assert convert_dualvit(once) == once
+    assert DualViT.convert_checkpoint(once) == once
 
 
 def test_learned_pyramid_adapters_are_reported_not_missing(tmp_path, seq_s_sd, capsys):
