@@ -17,7 +17,7 @@ import pickle
 import re
 import zipfile
 from collections import Counter, OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
