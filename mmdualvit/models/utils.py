@@ -1,4 +1,5 @@
 """Helpers shared by the backbones: arch tables, argument checks, checkpoint conversion, freezing, attention."""
+import numbers
 from collections import OrderedDict
 from typing import Dict, Iterable, Optional, Sequence, Union
 
@@ -96,7 +97,7 @@ def check_drop_path_rate(rate: float, model_name: str) -> float:
     1 drops every residual branch (the scale 1/(1-p) is then a division by zero, NaN in training), more than 1 or
     negative rates are not probabilities, and NaN would silently turn stochastic depth off.
     """
-    if not isinstance(rate, (int, float)) or not 0 <= rate < 1:  # NaN fails both comparisons
+    if not isinstance(rate, numbers.Real) or not 0 <= rate < 1:  # NaN fails both comparisons
         raise ValueError(f'{model_name}: drop_path_rate must be in [0, 1), got {rate!r}; use 0 to turn stochastic '
                          f'depth off (the official recipes use 0.1-0.3).')
     return float(rate)
