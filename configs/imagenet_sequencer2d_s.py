@@ -13,3 +13,7 @@ model = dict(
     type='mmdualvit.ImageNetClassifier',
     backbone=dict(type='mmdualvit.Sequencer2D', arch='s', pyramid='native', out_indices=(3, )),
     head=dict(type='mmdualvit.Sequencer2DClsHead', num_classes=1000, in_channels=384, topk=(1, 5)))
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
+# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+runner_type = 'mmdualvit.StrictRunner'
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))

@@ -19,6 +19,7 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True, type='AmpOptimWrapper', loss_scale=512., optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-# Checkpoints that load under weights_only=True, written atomically (a killed run never leaves a truncated one).
-custom_hooks = [dict(type='mmdualvit.WeightsOnlyCheckpointHook')]
-default_hooks = dict(checkpoint=dict(backend_args=dict(backend='mmdualvit_atomic_local')))
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
+# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+runner_type = 'mmdualvit.StrictRunner'
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))

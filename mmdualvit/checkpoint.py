@@ -1,11 +1,14 @@
-"""The one path by which ImageNet checkpoints reach mmdualvit's backbones.
+"""The strict loader by which ImageNet checkpoints reach a model; it knows no architecture.
 
-Used by ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of both backbones, by the converters in
-``tools/model_converters/`` and by the classifier configs. It accepts raw state_dicts, ``{'state_dict': ...}`` and
-``{'model': ...}`` wrappers, ``module.`` prefixes, the official Dual-ViT ``checkpoint-*.pth.tar`` files (which pickle
-an ``argparse.Namespace``), official and timm-format Sequencer2D files (``.pth`` or ``.safetensors``), and
-detection/segmentation checkpoints (their ``backbone.`` part). Files are read with ``weights_only=True``; a load
-that would leave any backbone parameter uninitialised is an error, never a warning.
+It reads a file (local, or any URL an mmengine file backend serves: http(s), s3 ...), unwraps it, lets the model
+convert it, loads it strictly and reports. Conversion belongs to the model: a class with a ``convert_checkpoint``
+classmethod (see :class:`mmdualvit.models.utils.ConvertsCheckpoints`) maps official and timm names to its own, and
+may name checkpoint keys it leaves unused on purpose and tensors no checkpoint holds. Subclasses inherit all of it.
+
+Used by ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of both backbones (see :func:`init_weights_strictly`)
+and by the converters in ``tools/model_converters/``. Wrappers ``state_dict`` / ``model`` / ``module``, ``module.``
+prefixes and whole detector/segmentor checkpoints (their ``backbone.`` part) are accepted. Files are read with
+``weights_only=True``; a load that would leave any parameter uninitialised is an error, never a warning.
 """
 import argparse
 import hashlib
@@ -14,31 +17,41 @@ import pickle
 import re
 import zipfile
 from collections import Counter, OrderedDict
-from typing import Callable, Dict, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
 
+from .engine.runner import CheckpointError  # one error type for every checkpoint problem in mmdualvit
+
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
+PRETRAINED = 'Pretrained'
+# torch >= 2.4 says "Unsupported global: GLOBAL x.y", older torch "Unsupported class x.y" (both: a refused global).
+# "Unsupported operand 233" and the like come from random or damaged bytes instead.
+_REFUSED_GLOBAL = re.compile(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL|Unsupported class) ([\w.]+)')
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
+__all__ = ['CheckpointError', 'read_checkpoint', 'extract_state_dict', 'load_pretrained', 'load_backbone_checkpoint',
+           'split_init_cfg', 'init_weights_strictly', 'convert_checkpoint_file', 'converter_cli']
 
 
 # ----------------------------------------------------------------------------------------------- reading files
 def read_checkpoint(path: str, trust: bool = False) -> dict:
-    """Read a checkpoint file (``.pth``/``.pth.tar``/``.pt`` pickle or ``.safetensors``) on CPU.
+    """Read a checkpoint (``.pth``/``.pth.tar``/``.pt`` pickle or ``.safetensors``) on CPU.
 
     Args:
-        path: Local file.
+        path: A local file, or a URL served by an mmengine file backend (``http://``, ``https://``, ``s3://`` ...),
+            fetched with :func:`mmengine.fileio.get_local_path`. mmengine's ``CheckpointLoader`` itself is not used
+            for the unpickling: its http loader calls ``torch.hub.load_state_dict_from_url`` with
+            ``weights_only=False``, which would run code from a downloaded file.
         trust: Read with ``weights_only=False``. Only for a file whose origin you trust: unpickling may run code.
 
     Raises:
-        CheckpointError: the file is missing, a directory, truncated/corrupt, or needs types that safe loading
-            refuses.
+        CheckpointError: the file is missing, a directory, cannot be fetched, truncated/corrupt, or needs types
+            that safe loading refuses.
     """
     path = os.fspath(path)
+    if '://' in path:
+        return _read_remote(path, trust)
     if not os.path.exists(path):
         raise CheckpointError(f'checkpoint file {path!r} does not exist. Download the official ImageNet weights '
                               f"(README, 'Checkpoints') and place them there, or point the config at them with "
@@ -47,42 +60,68 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f'checkpoint path {path!r} is a directory; give the checkpoint file inside it '
                               f'(e.g. {os.path.join(path, "dualvit_s.pth")!r}).')
-    if path.endswith('.safetensors'):
+    return _read_local(path, path, trust)
+
+
+def _read_remote(url: str, trust: bool) -> dict:
+    from mmengine.fileio import get_file_backend, get_local_path
+    try:
+        get_file_backend(url)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f'checkpoint {url!r}: no mmengine file backend serves this scheme ({err}); use a '
+                              f'local path or an http(s)://, s3:// ... URL.') from None
+    try:
+        with get_local_path(url) as local:
+            return _read_local(local, url, trust)
+    except CheckpointError:
+        raise
+    except Exception as err:  # each backend raises its own types (urllib's HTTPError, boto's ClientError ...)
+        raise CheckpointError(f'checkpoint {url!r} could not be fetched ({type(err).__name__}: {_first_line(err)});'
+                              f' check the URL and your connection, or download the file and give its path.') from err
+
+
+def _read_local(path: str, name: str, trust: bool) -> dict:
+    """Read local ``path``; messages name ``name`` (the URL of a fetched file)."""
+    if name.endswith('.safetensors'):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(path, device='cpu')
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f'checkpoint file {path!r} is truncated or corrupt ({err}); download it again '
+            raise CheckpointError(f'checkpoint file {name!r} is truncated or corrupt ({err}); download it again '
                                   f'and compare its SHA-256.') from err
     try:
-        if trust:
-            return torch.load(path, map_location='cpu', weights_only=False)
-        # Besides tensors and containers, only the data types of mmdualvit.safe_globals are allowed (e.g. the
+        # Besides tensors and containers, only the types of mmdualvit.safe_globals are allowed (the
         # argparse.Namespace that official Dual-ViT checkpoints pickle).
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=not trust)
     except pickle.UnpicklingError as err:
-        if 'Weights only load failed' not in str(err) and 'Unsupported' not in str(err):
-            raise CheckpointError(f'checkpoint file {path!r} is truncated or corrupt ({_first_line(err)}); download '
-                                  f'it again and compare its SHA-256.') from err
-        found = re.findall(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)', str(err))
-        needs = found[0] if found else 'a type that is not a tensor or a plain container'
+        found = _REFUSED_GLOBAL.findall(str(err))
+        if trust or not found:
+            raise CheckpointError(f'checkpoint file {name!r} is truncated or corrupt ({_unpickler_complaint(err)});'
+                                  f' download it again and compare its SHA-256.') from None
         raise CheckpointError(
-            f'checkpoint file {path!r} needs {needs} to unpickle, which safe loading (weights_only=True) refuses: '
+            f'checkpoint file {name!r} needs {found[0]} to unpickle, which safe loading (weights_only=True) refuses: '
             f'unpickling it could run code. If you trust where the file comes from, convert it once with '
             f'`python tools/model_converters/dualvit2mmdualvit.py --trust-pickle SRC DST` (or sequencer2mmdualvit.py)'
-            f' and use the tensors-only output.') from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f'checkpoint file {path!r} is truncated or corrupt ({_first_line(err)}); download it '
-                              f'again and compare its SHA-256.') from err
+            f' and use the tensors-only output.') from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as err:
+        raise CheckpointError(f'checkpoint file {name!r} is truncated or corrupt ({_first_line(err)}); download it '
+                              f'again and compare its SHA-256.') from None
 
 
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _unpickler_complaint(err: Exception) -> str:
+    # torch wraps the unpickler's complaint about damaged bytes in advice about weights_only that does not apply.
+    skip = ('Weights only load failed', 'Please file an issue', 'Check the documentation', '(1)', '(2)')
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith(skip)]
+    return lines[0] if lines else type(err).__name__
+
+
 def extract_state_dict(checkpoint: dict, source: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
-    """Unwrap ``state_dict``/``model`` wrappers and ``module.`` prefixes; keep tensors only."""
+    """Unwrap ``state_dict``/``model``/``module`` wrappers and ``module.`` prefixes; keep tensors only."""
     state = checkpoint
     while isinstance(state, dict) and not _is_tensor_dict(state):
         inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
@@ -103,68 +142,8 @@ def _is_tensor_dict(d: dict) -> bool:
     return len(d) > 0 and all(torch.is_tensor(v) for v in d.values())
 
 
-# ----------------------------------------------------------------------------------------------- conversions
-def convert_dualvit(state_dict: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
-    """Official Dual-ViT checkpoint (any wrapper) -> ours; idempotent.
-
-    Names are identical. A semantic query trained on another square grid is resampled to the 8x8 grid the model
-    stores (at run time it is resampled again to the input's pooled grid), so 224 and 384 checkpoints both load.
-    """
-    from .models.backbones.dual_vit import resize_semantic_query
-    state_dict = extract_state_dict(state_dict, 'Dual-ViT checkpoint')
-    if 'q' in state_dict:
-        state_dict['q'] = resize_semantic_query(state_dict['q'])
-    return state_dict
-
-
-_TIMM_BLOCK = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.')
-_TIMM_DOWN = re.compile(r'^stages\.(\d+)\.downsample\.down\.')
-_OFFICIAL_BLOCK = re.compile(r'^blocks\.(\d+)\.(\d+)\.')
-
-
-def convert_sequencer2d(state_dict: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
-    """Sequencer2D checkpoint in official or timm naming -> official naming (ours); idempotent.
-
-    timm names ``stages.i.blocks.j``, ``stages.i.downsample.down`` and ``head.fc``; the official release (and this
-    package) names ``blocks.i.j``, ``blocks.{i-1}.{n_{i-1}}.down`` (the downsampling conv closes the previous stage,
-    n = blocks in that stage) and ``head``.
-    """
-    state_dict = extract_state_dict(state_dict, 'Sequencer2D checkpoint')
-    blocks_per_stage = Counter()
-    for key in state_dict:
-        match = _TIMM_BLOCK.match(key)
-        if match:
-            stage, block = int(match.group(1)), int(match.group(2))
-            blocks_per_stage[stage] = max(blocks_per_stage[stage], block + 1)
-    out = OrderedDict()
-    for key, value in state_dict.items():
-        new = _TIMM_BLOCK.sub(r'blocks.\1.\2.', key)
-        match = _TIMM_DOWN.match(key)
-        if match:
-            stage = int(match.group(1))
-            new = f'blocks.{stage - 1}.{blocks_per_stage[stage - 1]}.down.' + key[match.end():]
-        if new.startswith('head.fc.'):
-            new = 'head.' + new[len('head.fc.'):]
-        out[new] = value
-    return out
-
-
-def _rules(model: torch.nn.Module):
-    """(converter, prefixes expected to be unused, prefixes of parameters no ImageNet checkpoint has)."""
-    name = type(model).__name__
-    if name == 'DualViT':
-        unused = ['post_network.', 'head.', 'aux_head.']
-        if model.out_type == 'featmap':  # the dense last block drops the semantic tokens and their FFN
-            unused.append(f'block{model.num_stages}.{model.depths[-1] - 1}.mlp.fc_proxy.')
-        else:  # the classifier head owns the final norm
-            unused.append(f'norm{model.num_stages}.')
-        return convert_dualvit, unused, []
-    if name == 'Sequencer2D':
-        return convert_sequencer2d, ['head.'], ['pyramid_adapters.']
-    raise CheckpointError(f'no checkpoint rules for {name}; mmdualvit loads DualViT and Sequencer2D checkpoints.')
-
-
 def _looks_like(keys) -> str:
+    """A guess at what a state_dict is, for error messages only (conversion never depends on it)."""
     keys = list(keys)
     if any('rnn_tokens' in k for k in keys):
         return 'a Sequencer2D checkpoint'
@@ -179,16 +158,25 @@ def _group(keys, prefixes) -> str:
     return ', '.join(f'{p}* ({counts[p]})' for p in prefixes if counts[p])
 
 
-# ----------------------------------------------------------------------------------------------- loading
-def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional[str] = None,
-                             logger: str = 'current') -> dict:
-    """Load an ImageNet (or detection/segmentation) checkpoint into a DualViT or Sequencer2D backbone, strictly.
+def _conversion_of(model: torch.nn.Module) -> Tuple[Callable, Sequence[str], Sequence[str]]:
+    """The model's converter and its unused / new prefixes; identity and none for a model that declares nothing."""
+    convert = getattr(model, 'convert_checkpoint', None) or OrderedDict
+    unused = tuple(getattr(model, 'checkpoint_unused_prefixes', tuple)())
+    new = tuple(getattr(model, 'checkpoint_new_prefixes', tuple)())
+    return convert, unused, new
 
-    Every backbone parameter and buffer must be found with the right shape. Keys known to be unused by the backbone
-    (classifier heads, the last Dual-ViT block's ``fc_proxy``) are reported in one info line; anything else is an
-    error naming the file and the fix. Returns a summary dict.
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = None,
+                    logger: str = 'current') -> dict:
+    """Load an ImageNet (or detection/segmentation) checkpoint into ``model``, strictly.
+
+    The model's ``convert_checkpoint`` maps the file's names first. Every parameter and buffer must then be found
+    with the right shape, except those under the model's ``checkpoint_new_prefixes()``. Keys under its
+    ``checkpoint_unused_prefixes()`` (classifier heads ...) are reported in one info line; anything else is an
+    error naming the file and the fix, and the model is left untouched. Returns a summary dict.
     """
-    converter, unused_prefixes, new_prefixes = _rules(model)
+    convert, unused_prefixes, new_prefixes = _conversion_of(model)
     state = extract_state_dict(read_checkpoint(path), repr(path))
     wanted = prefix or ''
     if not wanted and any(k.startswith('backbone.') for k in state):
@@ -199,16 +187,16 @@ def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional
         if not state:
             raise CheckpointError(f'checkpoint {path!r} has no keys under prefix {wanted!r}; remove `prefix` from '
                                   f'init_cfg or check the file.')
-    state = converter(state)
+    state = convert(state)
     own = model.state_dict()
-    name = f'{type(model).__name__}'
-    new_keys = [k for k in own if k.startswith(tuple(new_prefixes))]
+    name = type(model).__name__
+    new_keys = [k for k in own if k.startswith(new_prefixes)] if new_prefixes else []
     expected = [k for k in own if k not in new_keys]
     missing = [k for k in expected if k not in state]
     mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in expected
                   if k in state and state[k].shape != own[k].shape]
     unexpected = [k for k in state if k not in own]
-    expected_unused = [k for k in unexpected if k.startswith(tuple(unused_prefixes))]
+    expected_unused = [k for k in unexpected if unused_prefixes and k.startswith(unused_prefixes)]
     surplus = [k for k in unexpected if k not in expected_unused]
 
     if mismatched:
@@ -218,13 +206,12 @@ def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional
             f'shapes (e.g. {shown}). It is probably another variant or architecture ({_looks_like(state)}); use the '
             f'checkpoint that matches the config\'s arch, or change `arch`.')
     if missing:
-        kind = _looks_like(state)
         raise CheckpointError(
             f'checkpoint {path!r} lacks {len(missing)} of {len(expected)} {name} parameters/buffers '
             f'(e.g. {", ".join(missing[:3])}); loading it would leave them randomly initialised. The file looks like '
-            f'{kind} with keys such as {", ".join(list(state)[:3])}. If it is a detector/segmentor checkpoint, '
-            f"use `load_from` for the whole model or set init_cfg prefix='backbone.'; otherwise convert it with "
-            f'tools/model_converters/.')
+            f'{_looks_like(state)} with keys such as {", ".join(list(state)[:3])}. If it is a detector/segmentor '
+            f"checkpoint, use `load_from` for the whole model or set init_cfg prefix='backbone.'; otherwise convert "
+            f'it with tools/model_converters/.')
     if surplus:
         raise CheckpointError(
             f'checkpoint {path!r} holds {len(surplus)} tensors this {name} does not have (e.g. '
@@ -232,7 +219,7 @@ def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional
             f'checkpoint, or convert it with tools/model_converters/.')
     to_load = OrderedDict((k, state[k]) for k in expected)
     to_load.update((k, own[k]) for k in new_keys)
-    model.load_state_dict(to_load, strict=True)
+    model.load_state_dict(to_load, strict=True)  # the model's own conversion runs again here: a no-op, idempotent
     message = f'Loaded {len(expected)} tensors into {name} from {path}: all backbone weights found.'
     if expected_unused:
         message += f' Unused (expected, classifier-only): {_group(expected_unused, unused_prefixes)}.'
@@ -242,35 +229,92 @@ def load_backbone_checkpoint(model: torch.nn.Module, path: str, prefix: Optional
     return dict(loaded=len(expected), unused=expected_unused, new=new_keys)
 
 
-def init_from_pretrained_cfg(model: torch.nn.Module) -> bool:
-    """Load the checkpoint of a ``dict(type='Pretrained', checkpoint=..., prefix=...)`` init_cfg, strictly.
+load_backbone_checkpoint = load_pretrained  # the name used by earlier releases and the README
 
-    Returns False (and does nothing) when the model's init_cfg is not ``Pretrained``.
+
+# ----------------------------------------------------------------------------------------------- init_cfg
+def split_init_cfg(init_cfg, owner: str) -> Tuple[List[dict], List[dict]]:
+    """Split an init_cfg (None, a dict or a list of dicts) into its ``Pretrained`` entries and the others.
+
+    Raises:
+        ValueError: an entry is not a dict with a ``type`` that mmengine's ``WEIGHT_INITIALIZERS`` knows (types are
+            case-sensitive: ``'pretrained'`` is a typo), or a ``Pretrained`` entry has no ``checkpoint``.
     """
-    init_cfg = getattr(model, 'init_cfg', None)
-    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
-        return False
-    load_backbone_checkpoint(model, init_cfg['checkpoint'], prefix=init_cfg.get('prefix'))
-    return True
+    from mmengine.registry import WEIGHT_INITIALIZERS
+    if init_cfg is None:
+        return [], []
+    entries = [init_cfg] if isinstance(init_cfg, dict) else init_cfg
+    if not isinstance(entries, (list, tuple)):
+        raise ValueError(f'{owner}: init_cfg must be a dict or a list of dicts, got {type(init_cfg).__name__}.')
+    pretrained, others = [], []
+    for entry in entries:
+        kind = entry.get('type') if isinstance(entry, dict) else None
+        if kind == PRETRAINED:
+            if not entry.get('checkpoint'):
+                raise ValueError(f"{owner}: init_cfg {dict(entry)} names no checkpoint; add checkpoint='PATH' "
+                                 f'(or drop the entry to train from scratch).')
+            pretrained.append(entry)
+        elif isinstance(kind, str) and WEIGHT_INITIALIZERS.get(kind) is not None:
+            others.append(entry)
+        else:
+            known = sorted(set(WEIGHT_INITIALIZERS.module_dict) | {PRETRAINED})
+            raise ValueError(f'{owner}: unknown init_cfg type {kind!r} in {entry!r}; use one of {known} '
+                             f'(case-sensitive, e.g. {PRETRAINED!r} to load a checkpoint).')
+    return pretrained, others
+
+
+def init_weights_strictly(model: torch.nn.Module, default_init: Callable[[], None],
+                          base_init_weights: Callable[[], None]) -> None:
+    """``init_weights`` for a model that owns its checkpoint conversion.
+
+    Order (as mmengine's): the model's own random init (``default_init``, skipped when a checkpoint follows), then
+    every non-``Pretrained`` init_cfg entry through mmengine (``base_init_weights``, i.e. ``super().init_weights``),
+    then each ``Pretrained`` entry through :func:`load_pretrained`, which refuses partial loads. mmengine's own
+    ``PretrainedInit`` never runs: it loads with ``strict=False``.
+    """
+    owner = type(model).__name__
+    pretrained, others = split_init_cfg(model.init_cfg, owner)
+    if not pretrained:
+        default_init()
+    if others:  # (without any, mmengine's pass would only dump a long "unchanged by init_cfg" table)
+        original = model.init_cfg
+        model.init_cfg = others
+        try:
+            base_init_weights()
+        finally:
+            model.init_cfg = original
+    for entry in pretrained:
+        load_pretrained(model, entry['checkpoint'], prefix=entry.get('prefix'))
+    model._is_init = True
 
 
 # ----------------------------------------------------------------------------------------------- converter files
-def convert_checkpoint_file(src: str, dst: str, converter: Callable, trust: bool = False) -> dict:
-    """Read ``src``, convert with ``converter`` and write a tensors-only file to ``dst`` (atomically).
+def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = False) -> dict:
+    """Read ``src``, convert it with ``model_cls.convert_checkpoint`` and write a tensors-only file to ``dst``.
 
-    Returns a summary: keys kept/dropped, parameter count and the SHA-256 of the written file.
+    The file is refused unless ``model_cls.is_own_checkpoint`` accepts the converted names (a converter for one
+    architecture does not write another's file). ``dst`` appears complete or not at all: the temporary is removed
+    whatever goes wrong. Returns a summary: keys kept/dropped, parameter count and the SHA-256 of the written file.
     """
     raw = read_checkpoint(src, trust=trust)
     total = _count_tensors(raw)
-    state = converter(raw)
+    state = model_cls.convert_checkpoint(extract_state_dict(raw, repr(src)))
+    if not model_cls.is_own_checkpoint(state):
+        raise CheckpointError(f'{src!r} is not a {model_cls.__name__} checkpoint: it looks like '
+                              f'{_looks_like(state)} (keys such as {", ".join(list(state)[:3])}). Use the converter '
+                              f'of that architecture in tools/model_converters/.')
     state = OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items())
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = f'{dst}.tmp{os.getpid()}'
-    torch.save(state, tmp)
-    os.replace(tmp, dst)  # never leave a half-written file under the final name
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, dst)  # never a half-written file under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     with open(dst, 'rb') as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    params = sum(v.numel() for k, v in state.items() if v.is_floating_point())
+    params = sum(v.numel() for v in state.values() if v.is_floating_point())
     return dict(kept=len(state), dropped=total - len(state), params=params, sha256=digest, dst=dst)
 
 
@@ -284,16 +328,16 @@ def _count_tensors(obj) -> int:
     return 0
 
 
-def converter_cli(converter: Callable, description: str, argv=None) -> dict:
+def converter_cli(model_cls: type, description: str, argv=None) -> dict:
     """Command line of the ``tools/model_converters`` scripts: ``SRC DST [--trust-pickle]``, prints a summary."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('src', help='official or timm checkpoint (.pth, .pth.tar, .safetensors)')
+    parser.add_argument('src', help='official or timm checkpoint (.pth, .pth.tar, .safetensors), path or URL')
     parser.add_argument('dst', help='output: a tensors-only state_dict that loads with weights_only=True')
     parser.add_argument('--trust-pickle', action='store_true',
                         help='read SRC with weights_only=False (only for a file whose origin you trust)')
     args = parser.parse_args(argv)
     try:
-        summary = convert_checkpoint_file(args.src, args.dst, converter, trust=args.trust_pickle)
+        summary = convert_checkpoint_file(args.src, args.dst, model_cls, trust=args.trust_pickle)
     except CheckpointError as err:
         parser.exit(2, f'error: {err}\n')
     print(f"wrote {summary['dst']}: kept {summary['kept']} tensors, dropped {summary['dropped']} "

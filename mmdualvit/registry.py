@@ -7,9 +7,11 @@ our classes three times, and without importing mmdet or mmseg.
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmdualvit', locations=['mmdualvit.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmdualvit', locations=['mmdualvit.engine'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmdualvit',
                           locations=['mmdualvit.engine'])
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mmdualvit', locations=['mmdualvit.engine'])

@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmdualvit.checkpoint import (CheckpointError, convert_dualvit, convert_sequencer2d, load_backbone_checkpoint,
-                                  read_checkpoint)
+from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_backbone_checkpoint, read_checkpoint
 from mmdualvit.models import DualViT, Sequencer2D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,16 +107,17 @@ def test_sequencer_official_and_timm_formats_give_identical_models(tmp_path, seq
 
 def test_sequencer_converter_is_idempotent_and_inverts_timm(seq_s_sd):
     timm_sd = to_timm(seq_s_sd, [4, 3, 8, 3])
-    once = convert_sequencer2d(timm_sd)
+    once = Sequencer2D.convert_checkpoint(timm_sd)
     assert list(once) == list(seq_s_sd)
-    assert convert_sequencer2d(once) == once
-    assert convert_sequencer2d(seq_s_sd) == OrderedDict(seq_s_sd)
+    assert Sequencer2D.convert_checkpoint(once) == once
+    assert Sequencer2D.convert_checkpoint(seq_s_sd) == OrderedDict(seq_s_sd)
 
 
 def test_dualvit_converter_is_idempotent(dualvit_s_sd):
-    once = convert_dualvit({'state_dict': {'module.' + k: v for k, v in dualvit_s_sd.items()}, 'epoch': 3})
+    once = DualViT.convert_checkpoint(extract_state_dict({'state_dict': {'module.' + k: v for k, v in
+                                                                        dualvit_s_sd.items()}, 'epoch': 3}))
     assert list(once) == list(dualvit_s_sd)
-    assert convert_dualvit(once) == once
+    assert DualViT.convert_checkpoint(once) == once
 
 
 def test_learned_pyramid_adapters_are_reported_not_missing(tmp_path, seq_s_sd, capsys):
@@ -319,3 +319,177 @@ def test_official_files_load_through_init_cfg_of_full_configs(tmp_path, name, co
     for key, value in model.backbone.state_dict().items():
         if not key.startswith('pyramid_adapters.'):
             assert torch.equal(value, sd[key]), key
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+TINY = dict(stem_hidden_dim=8, embed_dims=[16, 32, 32, 48], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 3],
+            mlp_ratios=[2, 2, 2, 2])
+
+
+def test_checkpoint_module_imports_no_model():
+    """The loader knows no architecture: no import of mmdualvit.models anywhere in checkpoint.py (no import circle)."""
+    import ast
+    tree = ast.parse((REPO / 'mmdualvit' / 'checkpoint.py').read_text())
+    imported = [node.module or '' for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert imported and not [m for m in imported if 'models' in m], imported
+
+
+def test_subclass_loads_official_and_timm_files(tmp_path, seq_s_sd):
+    class MySeq(Sequencer2D):
+        pass
+
+    save_file({k: v.contiguous() for k, v in to_timm(seq_s_sd, [4, 3, 8, 3]).items()}, str(tmp_path / 'm.safetensors'))
+    model = MySeq(arch='s', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'm.safetensors')))
+    model.init_weights()
+    assert all(torch.equal(v, seq_s_sd[k]) for k, v in model.state_dict().items())
+
+
+def test_semantic_query_is_resized_once(tmp_path, dualvit_s_sd, monkeypatch):
+    from mmdualvit.models.backbones import dual_vit
+    calls = []
+    resize = dual_vit._resize_grid
+    monkeypatch.setattr(dual_vit, '_resize_grid', lambda grid, size: calls.append(size) or resize(grid, size))
+    sd = dict(dualvit_s_sd)
+    sd['q'] = torch.randn(144, 64)  # a 12x12 grid (384-px training)
+    torch.save(sd, tmp_path / 'q12.pth')
+    load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'q12.pth'))
+    assert calls == [(8, 8)]
+
+
+def test_mmengine_load_checkpoint_converts_through_the_model(tmp_path, seq_s_sd):
+    """Plain mmengine loading (as a detector's load_from does) runs the backbone's own conversion."""
+    from mmengine.runner import load_checkpoint
+    torch.save(to_timm(seq_s_sd, [4, 3, 8, 3]), tmp_path / 'timm.pth')
+    model = Sequencer2D(arch='s')
+    load_checkpoint(model, str(tmp_path / 'timm.pth'), strict=False)
+    assert all(torch.equal(v, seq_s_sd[k]) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------------ init_cfg forms
+@pytest.mark.parametrize('form', ['dict', 'list', 'mixed'])
+@pytest.mark.parametrize('cls', [DualViT, Sequencer2D])
+def test_no_init_cfg_form_gives_a_silent_random_init(cls, form):
+    pretrained = dict(type='Pretrained', checkpoint='/nonexistent/weights.pth')
+    init_cfg = {'dict': pretrained, 'list': [pretrained],
+                'mixed': [dict(type='Constant', layer='Linear', val=0.5), pretrained]}[form]
+    model = cls(arch=TINY if cls is DualViT else 's', init_cfg=init_cfg)
+    with pytest.raises(CheckpointError, match="checkpoint file '/nonexistent/weights.pth' does not exist"):
+        model.init_weights()
+
+
+def test_constant_init_is_honoured():
+    model = DualViT(arch=TINY, init_cfg=dict(type='Constant', layer='Linear', val=0.5, bias=0.25))
+    model.init_weights()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all((m.weight == 0.5).all() and (m.bias == 0.25).all() for m in linears)
+    assert (model.q != 0).any(), 'the official init still runs for the rest'
+
+
+def test_pretrained_wins_over_other_inits(tmp_path):
+    source = DualViT(arch=TINY)
+    source.init_weights()
+    torch.save(source.state_dict(), tmp_path / 'tiny.pth')
+    model = DualViT(arch=TINY, init_cfg=[dict(type='Constant', layer='Linear', val=0.5),
+                                         dict(type='Pretrained', checkpoint=str(tmp_path / 'tiny.pth'))])
+    model.init_weights()
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('init_cfg', [dict(type='pretrained', checkpoint='w.pth'),
+                                      [dict(type='Pretrained', checkpoint='w.pth'), dict(type='Constnt', val=1)],
+                                      dict(checkpoint='w.pth'), 'w.pth'])
+@pytest.mark.parametrize('cls', [DualViT, Sequencer2D])
+def test_unknown_init_cfg_types_are_errors(cls, init_cfg):
+    with pytest.raises(ValueError, match=f'{cls.__name__}: (unknown init_cfg type|init_cfg must be a dict)'):
+        cls(arch=TINY if cls is DualViT else 's', init_cfg=init_cfg)
+
+
+def test_pretrained_without_checkpoint_is_an_error():
+    with pytest.raises(ValueError, match="names no checkpoint; add checkpoint='PATH'"):
+        DualViT(arch=TINY, init_cfg=dict(type='Pretrained'))
+
+
+# ------------------------------------------------------------------------------------------------ bad files, converters
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_random_bytes_are_called_corrupt(tmp_path, seed):
+    path = tmp_path / 'random.pth'
+    path.write_bytes(torch.randint(0, 256, (4096, ), generator=torch.Generator().manual_seed(seed),
+                                   dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(str(path))
+    message = str(err.value)
+    assert message.startswith(f'checkpoint file {str(path)!r} is truncated or corrupt (')
+    assert 'trust' not in message and 'Weights only' not in message
+
+
+@pytest.mark.parametrize('converter,src_name,other', [(DualViT, 'sequencer2d_s', 'a Sequencer2D checkpoint'),
+                                                       (Sequencer2D, 'dualvit_s', 'a Dual-ViT checkpoint')])
+def test_converter_refuses_the_other_architecture(tmp_path, capsys, converter, src_name, other):
+    from mmdualvit.checkpoint import converter_cli
+    torch.save(official(src_name), tmp_path / 'src.pth')
+    with pytest.raises(SystemExit) as exit_info:
+        converter_cli(converter, 'test', [str(tmp_path / 'src.pth'), str(tmp_path / 'dst.pth')])
+    assert exit_info.value.code == 2
+    assert (f"error: {str(tmp_path / 'src.pth')!r} is not a {converter.__name__} checkpoint: it looks like {other}"
+            in capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ['src.pth']
+
+
+def test_failed_conversion_leaves_no_temporary(tmp_path, monkeypatch, dualvit_s_sd):
+    from mmdualvit import checkpoint
+    torch.save(dualvit_s_sd, tmp_path / 'src.pth')
+    (tmp_path / 'out').mkdir()
+
+    def save_then_fail(obj, path):
+        Path(path).write_bytes(b'half a file')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(checkpoint.torch, 'save', save_then_fail)
+    with pytest.raises(OSError, match='No space left'):
+        checkpoint.convert_checkpoint_file(str(tmp_path / 'src.pth'), str(tmp_path / 'out' / 'dst.pth'), DualViT)
+    assert os.listdir(tmp_path / 'out') == []
+
+
+# ------------------------------------------------------------------------------------------------ remote files
+@pytest.fixture
+def http_root(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; stopped after the test (and never outlives it)."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / 'www'
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
+    thread.start()
+    try:
+        yield root, f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_pretrained_over_http(http_root):
+    root, url = http_root
+    source = DualViT(arch=TINY)
+    source.init_weights()
+    torch.save({'state_dict': source.state_dict()}, root / 'tiny.pth')
+    model = DualViT(arch=TINY, init_cfg=[dict(type='Pretrained', checkpoint=f'{url}/tiny.pth')])
+    model.init_weights()
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+    with pytest.raises(CheckpointError, match=rf"checkpoint '{url}/absent.pth' could not be fetched \(HTTPError"):
+        read_checkpoint(f'{url}/absent.pth')
+
+
+def test_http_pickle_is_read_with_weights_only(http_root, tmp_path):
+    root, url = http_root
+    marker = tmp_path / 'pwned'
+    torch.save({'state_dict': {'q': torch.zeros(1)}, 'x': _Payload(marker)}, root / 'evil.pth')
+    with pytest.raises(CheckpointError, match=rf"checkpoint file '{url}/evil.pth' needs posix.system to unpickle"):
+        read_checkpoint(f'{url}/evil.pth')
+    assert not marker.exists()

@@ -98,8 +98,8 @@ def test_official_settings(name):
     assert backbone.arch == exp['arch'] and backbone.drop_path_rate == exp['dpr']
     assert backbone.init_cfg.type == 'Pretrained' and backbone.init_cfg.checkpoint.startswith('checkpoints/')
     assert cfg.custom_imports.imports == ['mmdualvit'] and not cfg.custom_imports.allow_failed_imports
-    assert dict(type='mmdualvit.WeightsOnlyCheckpointHook') in cfg.custom_hooks
-    assert cfg.default_hooks.checkpoint.backend_args == dict(backend='mmdualvit_atomic_local')
+    assert cfg.runner_type == 'mmdualvit.StrictRunner' and 'strict_load' not in cfg
+    assert cfg.default_hooks.checkpoint.type == 'mmdualvit.PortableCheckpointHook'
     optim = cfg.optim_wrapper
     assert optim.type == 'AmpOptimWrapper' and optim.loss_scale == exp['loss_scale']
     assert optim.optimizer.type == 'AdamW'

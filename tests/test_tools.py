@@ -66,6 +66,62 @@ def test_test_tool_prints_coco_metrics_and_pictures(trained, toy_root):
     assert len(list(show.glob('*.png'))) == 4
 
 
+# Runs with mmdualvit made unimportable, as on a machine where only torch (and mmdet) are installed.
+WITHOUT_MMDUALVIT = ('import sys\nsys.modules["mmdualvit"] = None\ntry:\n    import mmdualvit\n'
+                     'except ImportError:\n    pass\nelse:\n    raise SystemExit("visible")\n')
+
+
+def test_checkpoints_load_where_mmdualvit_is_not_installed(trained, tmp_path):
+    work, _ = trained
+    path = str(work / 'iter_6.pth')
+    code = WITHOUT_MMDUALVIT + (
+        'import torch\n'
+        f'checkpoint = torch.load({path!r}, map_location="cpu", weights_only=True)\n'
+        'print("iter", checkpoint["meta"]["iter"], "tensors", len(checkpoint["state_dict"]))\n')
+    log = run_tool([sys.executable, '-c', code], cwd=tmp_path)
+    assert re.search(r'iter 6 tensors \d{3}', log), log
+
+
+def test_checkpoints_publish_with_mmdets_own_tool(trained, tmp_path):
+    import mmdet
+    work, _ = trained
+    tool = Path(mmdet.__file__).parent / '.mim/tools/model_converters/publish_model.py'
+    src, dst = str(work / 'iter_6.pth'), str(tmp_path / 'published.pth')
+    code = WITHOUT_MMDUALVIT + (
+        'import runpy\n'
+        f'sys.argv = ["publish_model.py", {src!r}, {dst!r}]\n'
+        f'runpy.run_path({str(tool)!r}, run_name="__main__")\n')
+    run_tool([sys.executable, '-c', code], cwd=tmp_path)
+    published = list(tmp_path.glob('published-*.pth'))
+    assert len(published) == 1
+    checkpoint = torch.load(published[0], map_location='cpu', weights_only=True)
+    assert set(checkpoint) == {'meta', 'state_dict'}
+    original = torch.load(work / 'iter_6.pth', map_location='cpu', weights_only=True)['state_dict']
+    assert all(torch.equal(v, original[k]) for k, v in checkpoint['state_dict'].items())
+
+
+def test_test_tool_is_strict_unless_told_otherwise(trained, tmp_path):
+    work, _ = trained
+    checkpoint = torch.load(work / 'iter_6.pth', map_location='cpu', weights_only=True)
+    checkpoint['state_dict'] = {k: v for k, v in checkpoint['state_dict'].items() if k.startswith('backbone.')}
+    torch.save(checkpoint, tmp_path / 'backbone_only.pth')
+    import mmdet
+    args = [str(tmp_path / 'backbone_only.pth'), '--work-dir', str(tmp_path / 'w')]
+    # mmdet's own test.py builds the config's runner_type, so the strict loading applies there too.
+    mmdet_test = Path(mmdet.__file__).parent / '.mim/tools/test.py'
+    proc = subprocess.run([sys.executable, str(mmdet_test), str(TOY_DET), *args], cwd=work.parent,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and 'coco/bbox_mAP' not in output
+    assert f"checkpoint '{tmp_path / 'backbone_only.pth'}' does not match the model" in output
+    assert re.search(r'\d+ missing in the file: (neck|rpn_head|roi_head)\.', output)
+    assert '--allow-partial-load' in output
+    log = run_tool([sys.executable, str(REPO / 'tools/test.py'), str(TOY_DET), *args, '--allow-partial-load'],
+                   cwd=work.parent)
+    assert 'does not match the model' in log and 'Load checkpoint from' in log
+
+
 def test_test_tool_refuses_untrusted_pickle(toy_root, tmp_path):
     evil = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'payload': os.system}, evil)  # a reference to a callable: refused by weights_only
@@ -73,7 +129,7 @@ def test_test_tool_refuses_untrusted_pickle(toy_root, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / 'tools/test.py'), str(TOY_DET), str(evil), '--work-dir',
                            str(tmp_path / 'w')], cwd=toy_root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert 'Weights only load failed' in proc.stdout + proc.stderr
+    assert 'Weights only load failed' in proc.stdout + proc.stderr and 'posix.system' in proc.stdout + proc.stderr
 
 
 def test_dist_train_two_gloo_processes_on_cpu(toy_root):
@@ -128,7 +184,7 @@ def test_sigkill_during_training_then_resume_completes(toy_root):
     assert f'Iter(train) [{resumed_from + 1}/8]' in log and 'Iter(train) [8/8]' in log
     for path in work.glob('*.pth'):  # every checkpoint left on disk is complete
         assert torch.load(path, map_location='cpu', weights_only=True)['meta']['iter'] > 0
-    assert not list(work.glob('.*.tmp')), 'temporary files of interrupted writes are cleaned up or replaced'
+    assert not list(work.glob('.*.mmdualvit-tmp')), 'temporary files of interrupted writes are cleaned up or replaced'
 
 
 def test_benchmark_tool_smoke(tmp_path):

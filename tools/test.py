@@ -7,10 +7,9 @@ import argparse
 import os.path as osp
 
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import add_common_args, load_config, setup_distributed_cpu
+from mmdualvit.engine.launch import add_common_args, build_runner, load_config, setup_distributed_cpu
 
 
 def parse_args():
@@ -44,7 +43,7 @@ def main():
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
     setup_distributed_cpu(cfg)
-    Runner.from_cfg(cfg).test()
+    build_runner(cfg).test()
 
 
 if __name__ == '__main__':

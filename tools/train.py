@@ -7,10 +7,9 @@ The config's ``default_scope`` (mmdet, mmseg or mmpretrain) decides which librar
 """
 import argparse
 
-from mmengine.runner import Runner
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, enable_amp, load_config,
+from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, enable_amp, load_config,
                                      setup_distributed_cpu)
 
 
@@ -41,7 +40,7 @@ def main():
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     setup_distributed_cpu(cfg)
-    Runner.from_cfg(cfg).train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

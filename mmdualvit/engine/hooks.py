@@ -1,23 +1,106 @@
-"""Runner hooks shipped with mmdualvit's configs."""
-from mmengine.hooks import Hook
+"""Runner hooks shipped with mmdualvit's configs: checkpoints that are atomic, portable and safe to load."""
+import os.path as osp
+from typing import Optional
+
+import numpy as np
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
 
 from ..registry import HOOKS
-from ..safe_globals import PortableHistoryBuffer
+from .fileio import ATOMIC_BACKEND, atomic_write
+
+# Marks a history buffer stored as plain data, so that loading can tell it from other dicts.
+_PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
+
+
+def history_to_plain(message_hub_state: dict) -> None:
+    """Replace each ``HistoryBuffer`` of a message hub state dict by a dict of Python lists, in place (and numpy
+    scalars among its runtime info by Python numbers).
+
+    mmengine pickles the buffers as objects holding numpy arrays and references to their statistics functions
+    (``builtins.getattr``), which ``weights_only=True`` rightly refuses; lists of floats need no allow-list at all.
+    """
+    scalars = message_hub_state.get('log_scalars', {})
+    runtime_info = message_hub_state.get('runtime_info', {})
+    for key, value in runtime_info.items():  # e.g. mmengine's `eta` is a numpy float64
+        if isinstance(value, np.generic):
+            runtime_info[key] = value.item()
+    for key, buffer in scalars.items():
+        if isinstance(buffer, HistoryBuffer):
+            log, count = buffer.data
+            scalars[key] = {_PLAIN_BUFFER: 1, 'log_history': log.tolist(), 'count_history': count.tolist(),
+                            'max_length': buffer.max_length}
+
+
+def history_from_plain(message_hub_state: dict) -> None:
+    """Inverse of :func:`history_to_plain`, in place (dicts written by other code are left alone)."""
+    scalars = message_hub_state.get('log_scalars', {})
+    for key, value in scalars.items():
+        if isinstance(value, dict) and value.get(_PLAIN_BUFFER):
+            scalars[key] = HistoryBuffer(value['log_history'], value['count_history'], value['max_length'])
 
 
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
-    """Write checkpoints that load under ``torch.load(weights_only=True)``.
+    """Store the message hub's history as plain lists in checkpoints, and restore it when one is loaded.
 
-    mmengine pickles the message hub's history buffers together with references to their statistics functions,
-    which safe loading refuses. Right before a checkpoint is saved this hook swaps each buffer for a
-    :class:`~mmdualvit.safe_globals.PortableHistoryBuffer` holding the same data and no function references.
+    :class:`PortableCheckpointHook` does the same and more; this hook is for configs that keep another checkpoint
+    hook.
     """
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
-        for key, buffer in scalars.items():
-            if isinstance(buffer, HistoryBuffer) and not isinstance(buffer, PortableHistoryBuffer):
-                scalars[key] = PortableHistoryBuffer.from_buffer(buffer)
+        history_to_plain(checkpoint.get('message_hub', {}))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        history_from_plain(checkpoint.get('message_hub', {}))
+
+
+@HOOKS.register_module()
+class PortableCheckpointHook(CheckpointHook):
+    """mmengine's :class:`~mmengine.hooks.CheckpointHook` with checkpoints that never lose work and load anywhere.
+
+    Differences (all arguments are mmengine's):
+
+    - local checkpoints go through the ``mmdualvit_atomic_local`` backend unless ``backend_args`` says otherwise,
+      and ``last_checkpoint`` is written atomically too (mmengine rewrites it in place);
+    - with ``max_keep_ckpts`` the oldest checkpoint is removed only *after* the new one is complete;
+    - the message hub's history is stored as plain lists, so the files load with
+      ``torch.load(f, weights_only=True)`` without mmdualvit (or mmengine) installed.
+    """
+
+    def __init__(self, *args, backend_args: Optional[dict] = None, out_dir: Optional[str] = None, **kwargs):
+        if backend_args is None and kwargs.get('file_client_args') is None and '://' not in str(out_dir or ''):
+            backend_args = dict(backend=ATOMIC_BACKEND)
+        super().__init__(*args, backend_args=backend_args, out_dir=out_dir, **kwargs)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        history_to_plain(checkpoint.get('message_hub', {}))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        history_from_plain(checkpoint.get('message_hub', {}))
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        # Same bookkeeping as mmengine's, reordered: save first, then rotate, then point last_checkpoint at it.
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        expired = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                expired = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+
+        runner.save_checkpoint(self.out_dir, self.filename_tmpl.format(step), self.file_client_args,
+                               save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+                               meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        if not is_main_process():
+            return
+        atomic_write(str(self.last_ckpt).encode(), osp.join(runner.work_dir, 'last_checkpoint'))
+        if expired is not None and expired != step:
+            old = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(expired))
+            if self.file_backend.isfile(old):
+                self.file_backend.remove(old)
+            elif self.file_backend.isdir(old):  # deepspeed writes directories
+                self.file_backend.rmtree(old)

@@ -53,9 +53,12 @@ def trust_checkpoints() -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Flags both tools take: --trust-checkpoint, --cfg-options, --launcher, --local-rank."""
+    """Flags both tools take: --trust-checkpoint, --allow-partial-load, --cfg-options, --launcher, --local-rank."""
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle checkpoints fully (weights_only=False): only for files you trust')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='load checkpoints whose tensors do not all match the model (warns instead of failing); '
+                             'same as --cfg-options strict_load=False')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -70,6 +73,19 @@ def load_config(args: argparse.Namespace) -> Config:
         cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs',
                                                                    osp.splitext(osp.basename(args.config))[0])
+    if args.allow_partial_load:
+        cfg.strict_load = False
     if args.trust_checkpoint:
         trust_checkpoints()
     return cfg
+
+
+def build_runner(cfg: Config):
+    """The config's ``runner_type`` if it names one, else :class:`mmdualvit.engine.StrictRunner` (strict, safe
+    checkpoint loading and a ``--resume`` that never discards trained checkpoints)."""
+    from mmengine.registry import RUNNERS
+
+    from .runner import StrictRunner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return StrictRunner.from_cfg(cfg)

@@ -4,8 +4,10 @@ Import this module (the configs' ``custom_imports`` do) to register ``mmdualvit.
 ``mmdualvit.DualViTClsHead`` and ``mmdualvit.Sequencer2DClsHead``. It imports mmpretrain, which plain
 ``import mmdualvit`` does not.
 
-The classifier accepts official checkpoints as they are: a load-state-dict pre-hook converts official (or timm)
-names to ``backbone.*`` / ``head.*``, so ``tools/test.py configs/imagenet_dualvit_s.py dualvit_s.pth`` works.
+The classifier accepts official checkpoints as they are, through the same mechanism as the backbones
+(:class:`~mmdualvit.models.utils.ConvertsCheckpoints`): it routes official head keys to ``head.*`` and the rest to
+``backbone.*``, and the backbone's own converter handles timm names and the semantic query. So
+``tools/test.py configs/imagenet_dualvit_s.py dualvit_s.pth`` works.
 """
 from collections import OrderedDict
 from typing import Tuple
@@ -14,9 +16,9 @@ import torch
 import torch.nn as nn
 from mmpretrain.models import ClsHead, ImageClassifier
 
-from ..checkpoint import convert_dualvit, convert_sequencer2d
 from ..registry import MODELS
 from .backbones.dual_vit import BLOCK_NORM_EPS
+from .utils import ConvertsCheckpoints
 
 CLASSIFIER_EPS = BLOCK_NORM_EPS  # the official heads use the block LayerNorm (eps 1e-6) too
 
@@ -71,6 +73,9 @@ class DualViTClsHead(ClsHead):
         num_heads (int): Heads of the class-attention block (the stage-4 heads).
         mlp_ratio (float): FFN ratio of the class-attention block. Defaults to 2 (official).
     """
+    # official whole-model key prefix -> this head's names
+    official_prefixes = {'post_network.': 'post_network.', 'norm4.': 'norm.', 'head.': 'fc.', 'aux_head.': 'aux_fc.'}
+    shared_prefixes = ()  # official keys that the backbone needs as well
 
     def __init__(self, num_classes: int, in_channels: int, num_heads: int, mlp_ratio: float = 2., **kwargs):
         super().__init__(**kwargs)
@@ -95,6 +100,8 @@ class Sequencer2DClsHead(ClsHead):
 
     Takes the last ``Sequencer2D(pyramid='native')`` output (unnormalised NCHW).
     """
+    official_prefixes = {'norm.': 'norm.', 'head.': 'fc.'}
+    shared_prefixes = ('norm.', )  # the backbone keeps its (here unused) final norm as well
 
     def __init__(self, num_classes: int, in_channels: int, **kwargs):
         super().__init__(**kwargs)
@@ -105,38 +112,25 @@ class Sequencer2DClsHead(ClsHead):
         return self.fc(self.norm(feats[-1].permute(0, 2, 3, 1)).mean(dim=(1, 2)))
 
 
-def official_to_classifier(state_dict: dict, backbone_type: str) -> 'OrderedDict[str, torch.Tensor]':
-    """Official (or timm) ImageNet names -> ``backbone.*`` / ``head.*`` of :class:`ImageNetClassifier`; idempotent."""
-    if any(k.startswith(('backbone.', 'head.fc.', 'head.norm.')) for k in state_dict):
-        return OrderedDict(state_dict)
-    if backbone_type == 'DualViT':
-        state = convert_dualvit(state_dict)
-        head = {'post_network.': 'head.post_network.', 'norm4.': 'head.norm.', 'head.': 'head.fc.',
-                'aux_head.': 'head.aux_fc.'}
-    else:
-        state = convert_sequencer2d(state_dict)
-        head = {'norm.': 'head.norm.', 'head.': 'head.fc.'}
-    out = OrderedDict()
-    for key, value in state.items():
-        prefix = next((p for p in head if key.startswith(p)), None)
-        if prefix is None:
-            out['backbone.' + key] = value
-            continue
-        out[head[prefix] + key[len(prefix):]] = value
-        if backbone_type == 'Sequencer2D' and prefix == 'norm.':
-            out['backbone.' + key] = value  # the backbone keeps its (here unused) final norm as well
-    return out
-
-
 @MODELS.register_module()
-class ImageNetClassifier(ImageClassifier):
+class ImageNetClassifier(ConvertsCheckpoints, ImageClassifier):
     """mmpretrain ``ImageClassifier`` that also loads official Dual-ViT / Sequencer2D ImageNet checkpoints as-is."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._register_load_state_dict_pre_hook(self._convert_official)
+    def convert_checkpoint(self, state_dict):
+        """Official (or timm) whole-model names -> ``backbone.*`` / ``head.*``; idempotent.
 
-    def _convert_official(self, state_dict, prefix, *args):
-        own = OrderedDict((k[len(prefix):], state_dict.pop(k)) for k in list(state_dict) if k.startswith(prefix))
-        for key, value in official_to_classifier(own, type(self.backbone).__name__).items():
-            state_dict[prefix + key] = value
+        The backbone class converts the official names first (timm's ``head.fc`` becomes ``head`` there); the
+        head's ``official_prefixes`` then say which keys are its own.
+        """
+        if any(k.startswith('backbone.') for k in state_dict):  # already ours (timm's head.fc.* is not)
+            return OrderedDict(state_dict)
+        state = type(self.backbone).convert_checkpoint(state_dict)
+        routes = self.head.official_prefixes
+        out = OrderedDict()
+        for key, value in state.items():
+            prefix = next((p for p in routes if key.startswith(p)), None)
+            if prefix is None or prefix in self.head.shared_prefixes:
+                out['backbone.' + key] = value
+            if prefix is not None:
+                out['head.' + routes[prefix] + key[len(prefix):]] = value
+        return out

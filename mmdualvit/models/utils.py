@@ -1,4 +1,6 @@
-"""Helpers shared by the backbones: arch tables, freezing, checkpointed calls, attention."""
+"""Helpers shared by the backbones: arch tables, argument checks, checkpoint conversion, freezing, attention."""
+import numbers
+from collections import OrderedDict
 from typing import Dict, Iterable, Optional, Sequence, Union
 
 import torch
@@ -87,3 +89,43 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = T
         return F.scaled_dot_product_attention(q, k, v)
     attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5
     return attn.softmax(dim=-1) @ v
+
+
+def check_drop_path_rate(rate: float, model_name: str) -> float:
+    """Return ``rate`` if it is a valid stochastic-depth rate in [0, 1).
+
+    1 drops every residual branch (the scale 1/(1-p) is then a division by zero, NaN in training), more than 1 or
+    negative rates are not probabilities, and NaN would silently turn stochastic depth off.
+    """
+    if not isinstance(rate, numbers.Real) or not 0 <= rate < 1:  # NaN fails both comparisons
+        raise ValueError(f'{model_name}: drop_path_rate must be in [0, 1), got {rate!r}; use 0 to turn stochastic '
+                         f'depth off (the official recipes use 0.1-0.3).')
+    return float(rate)
+
+
+class ConvertsCheckpoints:
+    """Mixin for modules that accept checkpoints in foreign layouts (official, timm) as well as their own.
+
+    A subclass overrides the class-level :meth:`convert_checkpoint`, which must be idempotent. It runs on every
+    ``load_state_dict`` that reaches the module (mmengine's ``load_checkpoint``, a detector's ``load_from``, a
+    classifier), and :func:`mmdualvit.checkpoint.load_pretrained` calls it before comparing keys, so the strict
+    report sees the converted names. Put the mixin before ``BaseModule`` in the bases.
+    """
+
+    @classmethod
+    def convert_checkpoint(cls, state_dict: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+        """Map a state_dict (already unwrapped, no ``module.`` prefix) to this class's names; idempotent."""
+        return OrderedDict(state_dict)
+
+    def checkpoint_unused_prefixes(self) -> Sequence[str]:
+        """Prefixes of checkpoint keys this instance does not use on purpose (e.g. an ImageNet head)."""
+        return ()
+
+    def checkpoint_new_prefixes(self) -> Sequence[str]:
+        """Prefixes of this instance's tensors that no ImageNet checkpoint holds (they keep their init)."""
+        return ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        own = OrderedDict((k[len(prefix):], state_dict.pop(k)) for k in list(state_dict) if k.startswith(prefix))
+        state_dict.update((prefix + k, v) for k, v in self.convert_checkpoint(own).items())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -13,7 +13,6 @@ import time
 
 import torch
 
-from mmdualvit.checkpoint import convert_sequencer2d
 from mmdualvit.models import Sequencer2D
 
 
@@ -43,7 +42,7 @@ def main():
     theirs = timm.create_model('sequencer2d_s', pretrained=False).eval()
     official = {**ours.state_dict(), 'head.weight': torch.zeros(1000, 384), 'head.bias': torch.zeros(1000)}
     theirs.load_state_dict(checkpoint_filter_fn(official, theirs), strict=True)
-    assert convert_sequencer2d(checkpoint_filter_fn(official, theirs)).keys() == official.keys()
+    assert Sequencer2D.convert_checkpoint(checkpoint_filter_fn(official, theirs)).keys() == official.keys()
 
     rows = []
     for size in args.sizes:

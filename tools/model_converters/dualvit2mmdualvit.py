@@ -2,7 +2,8 @@
 
     python tools/model_converters/dualvit2mmdualvit.py checkpoint-309.pth.tar checkpoints/dualvit_s.pth
 """
-from mmdualvit.checkpoint import convert_dualvit, converter_cli
+from mmdualvit.checkpoint import converter_cli
+from mmdualvit.models import DualViT
 
 if __name__ == '__main__':
-    converter_cli(convert_dualvit, __doc__.strip().splitlines()[0])
+    converter_cli(DualViT, __doc__.strip().splitlines()[0])

@@ -2,7 +2,8 @@
 
     python tools/model_converters/sequencer2mmdualvit.py model.safetensors checkpoints/sequencer2d_s.pth
 """
-from mmdualvit.checkpoint import convert_sequencer2d, converter_cli
+from mmdualvit.checkpoint import converter_cli
+from mmdualvit.models import Sequencer2D
 
 if __name__ == '__main__':
-    converter_cli(convert_sequencer2d, __doc__.strip().splitlines()[0])
+    converter_cli(Sequencer2D, __doc__.strip().splitlines()[0])

@@ -8,6 +8,7 @@ follow the official ImageNet checkpoints (``block1.0.attn.q_proxy``, ``patch_emb
 without renaming. Every attention runs through ``scaled_dot_product_attention``.
 """
 import math
+from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -19,10 +20,10 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import init_from_pretrained_cfg
+from ...checkpoint import init_weights_strictly, split_init_cfg
 from ...registry import MODELS
-from ..utils import (attention, check_out_indices, checkpointed, freeze, merge_heads, resolve_arch,
-                     split_heads)
+from ..utils import (ConvertsCheckpoints, attention, check_drop_path_rate, check_out_indices, checkpointed, freeze,
+                     merge_heads, resolve_arch, split_heads)
 
 # Block and stage norms use eps 1e-6; the LayerNorms inside attention, embeddings and the stem use torch's 1e-5.
 BLOCK_NORM_EPS = 1e-6
@@ -254,7 +255,7 @@ class SemanticEmbed(nn.Module):
 
 
 @MODELS.register_module()
-class DualViT(BaseModule):
+class DualViT(ConvertsCheckpoints, BaseModule):
     """Dual Vision Transformer backbone (`paper <https://arxiv.org/abs/2207.04976>`_).
 
     Args:
@@ -266,8 +267,8 @@ class DualViT(BaseModule):
             (ImageNet classifier path: the last block keeps the semantic tokens, and the last stage returns the
             unnormalised tokens as a pair ``(pixels (B, N4, C4), semantics (B, M, C4))``, for
             ``mmdualvit.DualViTClsHead``).
-        drop_path_rate (float): Stochastic depth, linear over all blocks. The official detection backbone uses
-            0.15; the segmentation configs 0.15 (S) and 0.3 (B).
+        drop_path_rate (float): Stochastic depth, linear over all blocks, in [0, 1). The official detection
+            backbone uses 0.15; the segmentation configs 0.15 (S) and 0.3 (B).
         stem_norm_cfg (dict): Norm of the three stem convs. The official detection code uses BN with frozen affine
             parameters (the default); the segmentation code uses ``SyncBN`` with ``requires_grad=True``.
         frozen_stages (int): Stages to freeze (parameters and BN statistics), -1 for none.
@@ -275,9 +276,10 @@ class DualViT(BaseModule):
         with_cp (bool): Gradient checkpointing per block (less memory, same outputs and gradients).
         fused_attention (bool): Use ``scaled_dot_product_attention`` (default). ``False`` materialises the
             attention matrix like the official code; it exists for benchmarks and numerical audits.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads an official ImageNet or
-            converted checkpoint through :func:`mmdualvit.checkpoint.load_backbone_checkpoint`, which refuses
-            partial loads.
+        init_cfg (dict | list[dict], optional): Any form mmengine accepts. ``Pretrained`` entries load an official
+            ImageNet, converted or whole-detector checkpoint through :func:`mmdualvit.checkpoint.load_pretrained`,
+            which refuses partial loads; other entries (``Constant``, ``TruncNormal`` ...) apply after the
+            official random init. Unknown types are errors.
 
     Examples:
         >>> import torch
@@ -311,6 +313,8 @@ class DualViT(BaseModule):
                  fused_attention: bool = True,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
+        split_init_cfg(init_cfg, type(self).__name__)  # a misspelled type fails here, not after building a detector
+        drop_path_rate = check_drop_path_rate(drop_path_rate, 'DualViT')
         settings = resolve_arch(arch, self.arch_settings, self.arch_settings['s'].keys(), 'DualViT')
         self.embed_dims = list(settings['embed_dims'])
         self.depths = list(settings['depths'])
@@ -368,10 +372,10 @@ class DualViT(BaseModule):
 
     # ------------------------------------------------------------------ init and checkpoints
     def init_weights(self):
-        """Random init as the official code, or the checkpoint named by a ``Pretrained`` init_cfg."""
-        if init_from_pretrained_cfg(self):
-            self._is_init = True
-            return
+        """Official random init, then the init_cfg entries; ``Pretrained`` ones load strictly (see ``init_cfg``)."""
+        init_weights_strictly(self, self._official_init, super().init_weights)
+
+    def _official_init(self):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=.02)
@@ -386,15 +390,35 @@ class DualViT(BaseModule):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         trunc_normal_(self.q, std=.02)
-        self._is_init = True
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A semantic query trained on another grid (any square size) is resampled to our 8x8 grid; at run time the
-        # 8x8 grid is resampled again to the input's pooled grid, so 224 and 384 checkpoints both work anywhere.
-        key = prefix + 'q'
-        if key in state_dict:
-            state_dict[key] = resize_semantic_query(state_dict[key])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    @classmethod
+    def convert_checkpoint(cls, state_dict):
+        """Official Dual-ViT names are ours; only the semantic query may need resampling. Idempotent.
+
+        A query trained on another square grid (e.g. 12x12 at 384 px) is resampled to the stored 8x8 grid; at run
+        time the 8x8 grid is resampled to the input's pooled grid, so 224 and 384 checkpoints both load. An 8x8
+        query is returned as it is, so a second pass (e.g. ``load_state_dict`` after the strict loader) resizes
+        nothing.
+        """
+        state_dict = OrderedDict(state_dict)
+        if 'q' in state_dict:
+            state_dict['q'] = resize_semantic_query(state_dict['q'])
+        return state_dict
+
+    @classmethod
+    def is_own_checkpoint(cls, state_dict) -> bool:
+        """Whether converted ``state_dict`` has Dual-ViT's stem and first stage (for the converter tool)."""
+        return any(k.startswith('patch_embed1.') for k in state_dict) and any(k.startswith('block1.')
+                                                                               for k in state_dict)
+
+    def checkpoint_unused_prefixes(self):
+        """The ImageNet head, and what this instance's output type does not compute."""
+        unused = ['post_network.', 'head.', 'aux_head.']
+        if self.out_type == 'featmap':  # the dense last block drops the semantic tokens and their FFN
+            unused.append(f'block{self.num_stages}.{self.depths[-1] - 1}.mlp.fc_proxy.')
+        else:  # the classifier head owns the final norm
+            unused.append(f'norm{self.num_stages}.')
+        return tuple(unused)
 
     # ------------------------------------------------------------------ freezing
     def _stage_modules(self, i: int) -> List[nn.Module]:
@@ -418,7 +442,12 @@ class DualViT(BaseModule):
 
     # ------------------------------------------------------------------ forward
     def _initial_semantics(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-        """Semantic tokens from the stride-4 tokens: (B, M, C1) with M = floor(H/28) * floor(W/28)."""
+        """Semantic tokens from the stride-4 tokens: (B, M, C1).
+
+        The stem's two stride-2 convs (padding k//2) round up, so the stride-4 map is ceil(H/4) x ceil(W/4); the
+        7x7 average pool (no padding) rounds down. Hence M = floor(ceil(H/4)/7) * floor(ceil(W/4)/7): 4 for a 55-px
+        square input, 16 for 111 px, 64 for 224 px (not floor(H/28) * floor(W/28), which is 1 and 9 there).
+        """
         pooled = F.avg_pool2d(_tokens_to_map(x, hw), SEMANTIC_POOL, SEMANTIC_POOL)
         grid = tuple(pooled.shape[2:])
         pooled = pooled.flatten(2).transpose(1, 2)

@@ -5,12 +5,14 @@ Tatsunami & Taki: "Sequencer: Deep LSTM for Image Classification", NeurIPS 2022,
 Token mixing is a BiLSTM2D: a bidirectional LSTM down every column and one along every row, concatenated and
 projected back to the channel width. Parameter names follow the official release (``blocks.{stage}.{block}...``,
 the downsampling conv being the last entry of the preceding stage), so official checkpoints load unchanged; timm's
-names are converted by :func:`mmdualvit.checkpoint.convert_sequencer2d`.
+names are converted by :meth:`Sequencer2D.convert_checkpoint`, which every load of the model runs.
 
 The official stages run at strides 7/14/14/14. Detection and segmentation necks expect 4/8/16/32, so the
 ``pyramid`` argument resamples the stage outputs onto that grid (see :class:`Sequencer2D`).
 """
 import math
+import re
+from collections import Counter, OrderedDict
 from typing import List, Optional, Sequence
 
 import torch
@@ -19,12 +21,14 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ...checkpoint import init_from_pretrained_cfg
+from ...checkpoint import init_weights_strictly, split_init_cfg
 from ...registry import MODELS
-from ..utils import check_out_indices, checkpointed, freeze, resolve_arch
+from ..utils import ConvertsCheckpoints, check_drop_path_rate, check_out_indices, checkpointed, freeze, resolve_arch
 
 NORM_EPS = 1e-6
 PYRAMID_STRIDES = (4, 8, 16, 32)
+_TIMM_BLOCK = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.')
+_TIMM_DOWN = re.compile(r'^stages\.(\d+)\.downsample\.down\.')
 
 
 class BiLSTM2D(nn.Module):
@@ -113,7 +117,7 @@ class Stem(nn.Module):
 
 
 @MODELS.register_module()
-class Sequencer2D(BaseModule):
+class Sequencer2D(ConvertsCheckpoints, BaseModule):
     """Sequencer2D backbone (`paper <https://arxiv.org/abs/2205.01972>`_).
 
     Args:
@@ -133,13 +137,15 @@ class Sequencer2D(BaseModule):
             - ``'learned'``: ``'resample'`` followed by a residual 3x3 conv per level, zero-initialised so that
               training starts exactly from ``'resample'`` (parameters ``pyramid_adapters.*``, not in ImageNet
               checkpoints).
-        drop_path_rate (float): Stochastic depth with the official linear per-block rule
+        drop_path_rate (float): Stochastic depth in [0, 1) with the official linear per-block rule
             ``rate * index / (num_blocks - 1)`` (timm uses one rate for all blocks).
         frozen_stages (int): Stages to freeze, -1 for none.
-        norm_eval (bool): Accepted for interface parity; Sequencer2D has no BatchNorm, so it changes nothing.
         with_cp (bool): Gradient checkpointing per block.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads official or timm checkpoints
-            through :func:`mmdualvit.checkpoint.load_backbone_checkpoint`.
+        init_cfg (dict | list[dict], optional): Any form mmengine accepts. ``Pretrained`` entries load official,
+            timm or converted checkpoints through :func:`mmdualvit.checkpoint.load_pretrained`, which refuses
+            partial loads; other entries apply after the official random init. Unknown types are errors.
+
+    There is no ``norm_eval``: the model has LayerNorms only, no BatchNorm for it to act on.
 
     Examples:
         >>> import torch
@@ -165,10 +171,11 @@ class Sequencer2D(BaseModule):
                  pyramid: str = 'resample',
                  drop_path_rate: float = 0.,
                  frozen_stages: int = -1,
-                 norm_eval: bool = False,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
+        split_init_cfg(init_cfg, type(self).__name__)  # a misspelled type fails here, not after building a detector
+        drop_path_rate = check_drop_path_rate(drop_path_rate, 'Sequencer2D')
         settings = resolve_arch(arch, self.arch_settings, self._common.keys() | {'layers'}, 'Sequencer2D')
         self.layers = list(settings['layers'])
         self.num_stages = len(self.layers)
@@ -186,7 +193,6 @@ class Sequencer2D(BaseModule):
         self.out_channels = [dims[i] for i in self.out_indices]
         self.native_strides = [math.prod(patch_sizes[:i + 1]) for i in range(self.num_stages)]
         self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
         self.with_cp = with_cp
 
         self.stem = Stem(in_channels, dims[0], patch_sizes[0])
@@ -211,10 +217,10 @@ class Sequencer2D(BaseModule):
         self._freeze_stages()
 
     def init_weights(self):
-        """Random init as the official code, or the checkpoint named by a ``Pretrained`` init_cfg."""
-        if init_from_pretrained_cfg(self):
-            self._is_init = True
-            return
+        """Official random init, then the init_cfg entries; ``Pretrained`` ones load strictly (see ``init_cfg``)."""
+        init_weights_strictly(self, self._official_init, super().init_weights)
+
+    def _official_init(self):
         for name, module in self.named_modules():
             if name.startswith('pyramid_adapters'):
                 continue  # zero init: start as the parameter-free pyramid
@@ -232,7 +238,45 @@ class Sequencer2D(BaseModule):
                 bound = 1.0 / math.sqrt(module.hidden_size)
                 for weight in module.parameters():
                     nn.init.uniform_(weight, -bound, bound)
-        self._is_init = True
+
+    @classmethod
+    def convert_checkpoint(cls, state_dict):
+        """Sequencer2D state_dict in official or timm naming -> official naming (ours); idempotent.
+
+        timm names ``stages.i.blocks.j``, ``stages.i.downsample.down`` and ``head.fc``; the official release (and
+        this class) names ``blocks.i.j``, ``blocks.{i-1}.{n_{i-1}}.down`` (the downsampling conv closes the
+        previous stage, n = blocks in that stage) and ``head``.
+        """
+        blocks_per_stage = Counter()
+        for key in state_dict:
+            match = _TIMM_BLOCK.match(key)
+            if match:
+                stage, block = int(match.group(1)), int(match.group(2))
+                blocks_per_stage[stage] = max(blocks_per_stage[stage], block + 1)
+        out = OrderedDict()
+        for key, value in state_dict.items():
+            new = _TIMM_BLOCK.sub(r'blocks.\1.\2.', key)
+            match = _TIMM_DOWN.match(key)
+            if match:
+                stage = int(match.group(1))
+                new = f'blocks.{stage - 1}.{blocks_per_stage[stage - 1]}.down.' + key[match.end():]
+            if new.startswith('head.fc.'):
+                new = 'head.' + new[len('head.fc.'):]
+            out[new] = value
+        return out
+
+    @classmethod
+    def is_own_checkpoint(cls, state_dict) -> bool:
+        """Whether converted ``state_dict`` has Sequencer2D's stem and BiLSTM token mixers (for the converter tool)."""
+        return 'stem.proj.weight' in state_dict and any('.rnn_tokens.' in k for k in state_dict)
+
+    def checkpoint_unused_prefixes(self):
+        """The ImageNet classifier."""
+        return ('head.', )
+
+    def checkpoint_new_prefixes(self):
+        """The ``pyramid='learned'`` adapters."""
+        return ('pyramid_adapters.', )
 
     def _stage_modules(self, i: int) -> List[nn.Module]:
         modules = list(self.blocks[i][:self.layers[i]])

@@ -477,3 +477,22 @@ def test_import_does_not_pull_downstream_packages():
     code = 'import sys, mmdualvit; print(sorted(m for m in ("mmdet", "mmseg", "mmpretrain") if m in sys.modules))'
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
+
+
+@pytest.mark.parametrize('rate', [1.0, 1.5, -0.1, float('nan'), float('inf')])
+def test_drop_path_rate_outside_unit_interval_is_an_error(rate):
+    with pytest.raises(ValueError, match=r'DualViT: drop_path_rate must be in \[0, 1\), got '):
+        DualViT(arch=TINY, drop_path_rate=rate)
+
+
+@pytest.mark.parametrize('size,tokens', [((55, 55), 4), ((111, 111), 16), ((224, 224), 64), ((55, 111), 8),
+                                         ((57, 83), 6), ((25, 25), 1)])
+def test_semantic_token_count_rule(size, tokens):
+    """M = floor(ceil(H/4)/7) * floor(ceil(W/4)/7): the stem rounds up, the 7x7 pool rounds down."""
+    model = DualViT(arch=TINY).eval()
+    model.min_input_size = 25  # reach the smallest size with one pooling window (the guard asks for 28)
+    seen = []
+    model.proxy_embed2.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *size))
+    assert seen == [tokens] == [(math.ceil(size[0] / 4) // 7) * (math.ceil(size[1] / 4) // 7)]

@@ -342,3 +342,16 @@ def test_build_from_downstream_registry(scope):
     assert type(model) is Sequencer2D
     assert model.layers == LAYERS['m'] and model.pyramid == 'learned' and model.out_indices == (0, 2)
     assert len(model.pyramid_adapters) == 2
+
+
+@pytest.mark.parametrize('rate', [1.0, 1.5, -0.1, float('nan')])
+def test_drop_path_rate_outside_unit_interval_is_an_error(rate):
+    with pytest.raises(ValueError, match=r'Sequencer2D: drop_path_rate must be in \[0, 1\), got '):
+        Sequencer2D(arch='s', drop_path_rate=rate)
+
+
+def test_no_norm_eval_argument():
+    """Sequencer2D has no BatchNorm, so a norm_eval flag would be accepted and do nothing: it is refused."""
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in Sequencer2D(arch='s').modules())
+    with pytest.raises(TypeError, match='norm_eval'):
+        Sequencer2D(arch='s', norm_eval=True)
