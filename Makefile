@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(PYTHON) -m pytest tests
 
 demo: $(STAMP)
-	bash tools/demo.sh
+	$(PYTHON) tools/demo.py
 
 clean-venv:
 	rm -rf $(VENV)
