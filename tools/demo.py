@@ -136,7 +136,7 @@ def evaluate(ann_file: str, prefix: str, classes):
             row = dict(mAP=coco_eval.stats[0], AP50=coco_eval.stats[1], AP75=coco_eval.stats[2])
             precision = coco_eval.eval['precision']  # (iou, recall, class, area, max dets)
             for index, cat_id in enumerate(coco_eval.params.catIds):
-                name = gt.loadCats(cat_id)[0]['name']
+                name = gt.cats[cat_id]['name']
                 values = precision[:, :, index, 0, -1]
                 row[name] = float(values[values > -1].mean()) if (values > -1).any() else float('nan')
             table[iou_type] = row
