@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(VPY) -m pytest tests
 
 demo: $(STAMP)
-	PYTHON=$(VPY) bash tools/demo.sh
+	$(VPY) tools/demo.py
 
 # GPU checks (the cuda-marked tests) and GPU benchmark rows, printed as a table for README.
 gpu-check: $(STAMP)

@@ -1,0 +1,56 @@
+"""`make demo` end to end on a reduced schedule: the story fits its line budget, the table and pictures exist."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE_BUDGET = 60
+
+
+@pytest.mark.slow
+def test_demo_prints_a_short_story_with_one_table_and_writes_pictures(tmp_path):
+    work = tmp_path / 'work'
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / 'demo.py'), '--iters', '2', '--progress-every', '1', '--work-dir',
+         str(work), '--data-root', str(tmp_path / 'toy_coco')],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) <= LINE_BUDGET, '\n'.join(lines)
+    out = proc.stdout
+    # The Runner's config dump, environment report and pycocotools chatter go to the log file, not the screen.
+    assert 'Config:' not in out and 'creating index' not in out and 'Average Precision' not in out
+    assert 'Config:' in (work / 'runner.log').read_text()
+    assert re.search(r'iter +1/2 +loss +\d+\.\d+', out) and re.search(r'iter +2/2 +loss', out)
+
+    # One results table: bbox and segm columns, the three summary rows and one row per class, with values in [0, 1].
+    assert out.count('COCO AP on the toy val split') == 1
+    metrics = json.loads((work / 'metrics.json').read_text())
+    for title, key in [('mAP (IoU .50:.95)', 'mAP'), ('AP50', 'AP50'), ('AP75', 'AP75'),
+                       ('AP of square', 'square'), ('AP of circle', 'circle'), ('AP of triangle', 'triangle')]:
+        row = re.search(rf'^   {re.escape(title)} +(\S+) +(\S+)$', out, re.M)
+        assert row, f'no table row {title!r} in:\n{out}'
+        bbox, segm = float(row.group(1)), float(row.group(2))
+        assert bbox == pytest.approx(metrics['bbox'][key], abs=5e-4)
+        assert segm == pytest.approx(metrics['segm'][key], abs=5e-4)
+        assert 0.0 <= bbox <= 1.0 and 0.0 <= segm <= 1.0
+
+    # One picture per val image, at the size the story states, and a contact sheet with all of them.
+    stated = re.search(r'(\d+) pictures of (\d+)x(\d+) px', out)
+    count, width, height = (int(v) for v in stated.groups())
+    pictures = sorted((work / 'predictions').glob('*.png'))
+    assert count == len(pictures) == 16
+    for path in pictures:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.size == (width, height)
+    with Image.open(work / 'contact_sheet.jpg') as sheet:
+        sheet.load()
+        # 4 columns of half-size pictures: wider than two of them, tall enough for 4 rows.
+        assert sheet.width > 2 * width and sheet.height > 2 * height
