@@ -8,6 +8,7 @@ from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmdualvit', locations=['mmdualvit.models'])
@@ -15,3 +16,6 @@ HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmdualvit', locations=['m
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmdualvit',
                           locations=['mmdualvit.engine'])
 RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mmdualvit', locations=['mmdualvit.engine'])
+# Located lazily: mmdualvit.visualization imports mmseg, which the package itself does not.
+VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS, scope='mmdualvit',
+                       locations=['mmdualvit.visualization'])

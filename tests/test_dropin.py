@@ -105,6 +105,38 @@ def test_mmseg_visualizer_draws_a_toy_sample(tmp_path):
             assert share > 0.5, (TOY_SEG_CLASSES[cls], share)
 
 
+def test_our_seg_visualizer_draws_the_non_contiguous_images_mmseg_browse_dataset_passes(tmp_path):
+    """mmseg's browse_dataset.py hands the visualizer a permuted, channel-reversed view; mmseg 1.2.2's visualizer
+    fails on it inside OpenCV (mmsegmentation#3405), mmdualvit.SegLocalVisualizer draws the same picture as for a
+    contiguous copy."""
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from mmseg.visualization import SegLocalVisualizer as MMSegVisualizer
+
+    from mmdualvit.datasets import TOY_SEG_CLASSES, TOY_SEG_PALETTE, make_toy_ade
+    from mmdualvit.registry import VISUALIZERS
+    info = make_toy_ade(tmp_path / 'ade', num_train=1, num_val=0)
+    bgr = cv2.imread(str(Path(info['train']['img_dir']) / '000001.png'))
+    label = cv2.imread(str(Path(info['train']['ann_dir']) / '000001.png'), cv2.IMREAD_UNCHANGED)
+    view = torch.from_numpy(bgr).permute(2, 0, 1).contiguous().permute(1, 2, 0).numpy()[..., [2, 1, 0]]
+    assert not view.flags.c_contiguous  # what browse_dataset.py passes
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=torch.from_numpy(label.astype(np.int64))[None])
+    meta = dict(classes=TOY_SEG_CLASSES, palette=TOY_SEG_PALETTE)
+
+    upstream = MMSegVisualizer(name='upstream_vis')
+    upstream.dataset_meta = meta
+    with pytest.raises(cv2.error, match='Layout of the output array'):
+        upstream.add_datasample('toy', view, sample, draw_pred=False)
+
+    ours = VISUALIZERS.build(dict(type='mmdualvit.SegLocalVisualizer', name='ours_vis'))
+    ours.dataset_meta = meta
+    ours.add_datasample('toy', view, sample, draw_pred=False, out_file=str(tmp_path / 'view.png'))
+    ours.add_datasample('toy', np.ascontiguousarray(view), sample, draw_pred=False, out_file=str(tmp_path / 'copy.png'))
+    assert np.array_equal(cv2.imread(str(tmp_path / 'view.png')), cv2.imread(str(tmp_path / 'copy.png')))
+
+
 # End to end through the installed packages' own tools (subprocesses: a minute or two on 2 CPU cores).
 
 def package_tool(package: str, *parts: str) -> str:
@@ -180,3 +212,8 @@ def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     prediction = np.asarray(result['predictions'])
     assert prediction.shape == (128, 128) and set(np.unique(prediction).tolist()) <= {0, 1, 2, 3}
     assert list((project / 'infer').rglob('*.png'))
+
+    # mmseg's own dataset browser, through the configs' mmdualvit.SegLocalVisualizer: one picture per train image.
+    run([package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show', '--output-dir', 'browse'],
+        cwd=project)
+    assert len(list((project / 'browse').glob('*.png'))) == 4
