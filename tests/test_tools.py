@@ -1,6 +1,7 @@
 """End-to-end runs of tools/ as subprocesses on the embedded toy data (slow: a few minutes on 2 CPU cores)."""
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,11 +133,18 @@ def test_test_tool_refuses_untrusted_pickle(toy_root, tmp_path):
     assert 'Weights only load failed' in proc.stdout + proc.stderr and 'posix.system' in proc.stdout + proc.stderr
 
 
+def free_port() -> int:
+    """A port no other process listens on now (a fixed one clashes with a concurrent suite's run)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def test_dist_train_two_gloo_processes_on_cpu(toy_root):
     work = toy_root / 'dist'
     log = run_tool(['bash', str(REPO / 'tools/dist_train.sh'), str(TOY_DET), '2', '--work-dir', str(work),
                     '--cfg-options', 'train_cfg.max_iters=2', *FAST],
-                   cwd=toy_root, env_extra=dict(PYTHON=sys.executable, PORT='29517', OMP_NUM_THREADS='1'))
+                   cwd=toy_root, env_extra=dict(PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1'))
     assert 'Distributed launcher: pytorch' in log or 'distributed: True' in log
     assert 'Iter(train) [2/2]' in log
     checkpoint = torch.load(work / 'iter_2.pth', map_location='cpu', weights_only=True)
