@@ -11,7 +11,8 @@ import zipfile
 import numpy as np
 import torch
 
-_MULTIARRAY = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+# numpy 2 moved numpy.core to numpy._core; numpy 1.26 has a partial numpy._core without multiarray.
+_MULTIARRAY = np._core.multiarray if int(np.__version__.split('.')[0]) >= 2 else np.core.multiarray
 
 
 class _ForgedArray:

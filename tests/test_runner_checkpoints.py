@@ -49,6 +49,24 @@ def test_checkpoints_hold_no_objects_and_restore_the_history(trained):
     assert history.mean() == pytest.approx(sum(scalars['train/loss']['log_history']) / 4)
 
 
+def test_multistep_milestones_are_stored_plain_and_restored_on_resume(tmp_path):
+    """Multi-step schedulers keep milestones in a collections.Counter, which torch < 2.4's weights_only unpickler
+    refuses: the hook stores plain pairs and resuming restores the Counter, so the lr still drops on schedule."""
+    import zipfile
+    from collections import Counter
+    # An explicit end: otherwise mmengine sets it to the first run's max_iters, and the resumed run never steps it.
+    scheduler = dict(type='MultiStepLR', by_epoch=False, begin=0, end=100, milestones=[3], gamma=0.1)
+    build_runner(tmp_path / 'work', max_iters=2, param_scheduler=scheduler).train()
+    with zipfile.ZipFile(tmp_path / 'work' / 'iter_2.pth') as archive:
+        pickle_bytes = archive.read(next(n for n in archive.namelist() if n.endswith('data.pkl')))
+    assert b'Counter' not in pickle_bytes  # no collections.Counter global for the unpickler to refuse
+    runner = build_runner(tmp_path / 'work', max_iters=5, resume=True, param_scheduler=scheduler)
+    runner.train()
+    milestones = runner.param_schedulers[0].milestones
+    assert isinstance(milestones, Counter) and milestones == Counter({3: 1})
+    assert runner.optim_wrapper.get_lr()['lr'] == [pytest.approx(0.01)]  # dropped once, at iteration 3
+
+
 def test_resume_without_last_checkpoint_takes_the_newest_valid_one(trained):
     (trained / 'last_checkpoint').unlink()
     runner = build_runner(trained, max_iters=6, resume=True)

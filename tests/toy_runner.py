@@ -47,6 +47,7 @@ def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, i
         default_hooks=dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook', interval=interval,
                                            by_epoch=False, max_keep_ckpts=cfg.pop('max_keep_ckpts', -1)),
                            logger=dict(type='LoggerHook', interval=1)),
+        param_scheduler=cfg.pop('param_scheduler', None),
         resume=resume, load_from=load_from, default_scope='mmengine', cfg=dict(cfg), env_cfg=dict(dist_cfg=dict()))
 
 

@@ -115,3 +115,30 @@ def grads_and_outputs(model: torch.nn.Module, x: torch.Tensor):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return [o.detach() for o in outs], grads
+
+
+# torch >= 2.4 can allow-list argparse.Namespace, which the official Dual-ViT .pth.tar files pickle; older torch cannot.
+NAMESPACE_ALLOWED = hasattr(torch.serialization, 'add_safe_globals')
+REPO = Path(__file__).resolve().parents[1]
+
+
+def official_dualvit_file(path: Path, checkpoint: dict) -> Path:
+    """Save ``checkpoint`` as the authors' Dual-ViT ``.pth.tar`` (with its pickled ``argparse.Namespace``) at
+    ``path`` and return the file a user then loads: the file itself, or on torch < 2.4 (README: "Old torch") the
+    output of the one-off conversion with ``--trust-pickle`` after checking that the file is refused with that
+    advice."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from mmdualvit.checkpoint import CheckpointError, read_checkpoint
+    torch.save(checkpoint, path)
+    if NAMESPACE_ALLOWED:
+        return path
+    with pytest.raises(CheckpointError, match=r'needs argparse\.Namespace to unpickle.*--trust-pickle'):
+        read_checkpoint(str(path))
+    converted = path.with_name(path.name + '.converted.pth')
+    subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / 'dualvit2mmdualvit.py'),
+                    '--trust-pickle', str(path), str(converted)], check=True, capture_output=True)
+    return converted

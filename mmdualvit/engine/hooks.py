@@ -1,5 +1,6 @@
 """Runner hooks shipped with mmdualvit's configs: checkpoints that are atomic, portable and safe to load."""
 import os.path as osp
+from collections import Counter
 from typing import Optional
 
 import numpy as np
@@ -10,8 +11,9 @@ from mmengine.logging import HistoryBuffer
 from ..registry import HOOKS
 from .fileio import ATOMIC_BACKEND, atomic_write
 
-# Marks a history buffer stored as plain data, so that loading can tell it from other dicts.
+# Mark a history buffer / a Counter stored as plain data, so that loading can tell them from other dicts.
 _PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
+_PLAIN_COUNTER = 'mmdualvit.plain_counter'
 
 
 def history_to_plain(message_hub_state: dict) -> None:
@@ -41,6 +43,45 @@ def history_from_plain(message_hub_state: dict) -> None:
             scalars[key] = HistoryBuffer(value['log_history'], value['count_history'], value['max_length'])
 
 
+def counters_to_plain(value):
+    """``value`` with every ``collections.Counter`` in it (nested in dicts and lists) replaced by a marked dict.
+
+    Multi-step schedulers keep their milestones in a Counter, which torch < 2.4's ``weights_only`` unpickler refuses.
+    """
+    if isinstance(value, Counter):
+        return {_PLAIN_COUNTER: [[k, v] for k, v in value.items()]}
+    if isinstance(value, dict):
+        return {k: counters_to_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [counters_to_plain(v) for v in value]
+    return value
+
+
+def counters_from_plain(value):
+    """Inverse of :func:`counters_to_plain`."""
+    if isinstance(value, dict):
+        if set(value) == {_PLAIN_COUNTER}:
+            return Counter({k: v for k, v in value[_PLAIN_COUNTER]})
+        return {k: counters_from_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [counters_from_plain(v) for v in value]
+    return value
+
+
+def checkpoint_to_plain(checkpoint: dict) -> None:
+    """What the hooks do before a save, in place: history buffers and scheduler Counters become plain data."""
+    history_to_plain(checkpoint.get('message_hub', {}))
+    if 'param_schedulers' in checkpoint:
+        checkpoint['param_schedulers'] = counters_to_plain(checkpoint['param_schedulers'])
+
+
+def checkpoint_from_plain(checkpoint: dict) -> None:
+    """Inverse of :func:`checkpoint_to_plain`, in place, after a load."""
+    history_from_plain(checkpoint.get('message_hub', {}))
+    if 'param_schedulers' in checkpoint:
+        checkpoint['param_schedulers'] = counters_from_plain(checkpoint['param_schedulers'])
+
+
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
     """Store the message hub's history as plain lists in checkpoints, and restore it when one is loaded.
@@ -51,10 +92,10 @@ class WeightsOnlyCheckpointHook(Hook):
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        history_to_plain(checkpoint.get('message_hub', {}))
+        checkpoint_to_plain(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        history_from_plain(checkpoint.get('message_hub', {}))
+        checkpoint_from_plain(checkpoint)
 
 
 @HOOKS.register_module()
@@ -66,8 +107,9 @@ class PortableCheckpointHook(CheckpointHook):
     - local checkpoints go through the ``mmdualvit_atomic_local`` backend unless ``backend_args`` says otherwise,
       and ``last_checkpoint`` is written atomically too (mmengine rewrites it in place);
     - with ``max_keep_ckpts`` the oldest checkpoint is removed only *after* the new one is complete;
-    - the message hub's history is stored as plain lists, so the files load with
-      ``torch.load(f, weights_only=True)`` without mmdualvit (or mmengine) installed.
+    - the message hub's history is stored as plain lists (and multi-step schedulers' milestone Counters as plain
+      pairs), so the files load with ``torch.load(f, weights_only=True)`` without mmdualvit (or mmengine)
+      installed, on torch < 2.4 too.
     """
 
     def __init__(self, *args, backend_args: Optional[dict] = None, out_dir: Optional[str] = None, **kwargs):
@@ -76,10 +118,10 @@ class PortableCheckpointHook(CheckpointHook):
         super().__init__(*args, backend_args=backend_args, out_dir=out_dir, **kwargs)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        history_to_plain(checkpoint.get('message_hub', {}))
+        checkpoint_to_plain(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        history_from_plain(checkpoint.get('message_hub', {}))
+        checkpoint_from_plain(checkpoint)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         # Same bookkeeping as mmengine's, reordered: save first, then rotate, then point last_checkpoint at it.

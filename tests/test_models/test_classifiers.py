@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from utils import assert_matches, reference_features, reference_input, reference_state_dict
+from utils import assert_matches, official_dualvit_file, reference_features, reference_input, reference_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ['dualvit_s', 'dualvit_b', 'dualvit_l', 'sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l']
@@ -62,9 +62,9 @@ def test_tools_test_reports_top1_for_official_dualvit_file(tmp_path):
         cv2.imwrite(str(tmp_path / 'val' / f'{i}.png'), rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
         lines.append(f'{i}.png {i}')
     (tmp_path / 'meta' / 'val.txt').write_text('\n'.join(lines) + '\n')
-    checkpoint = tmp_path / 'checkpoint-309.pth.tar'
-    torch.save({'epoch': 309, 'state_dict': reference_state_dict('dualvit_s'), 'version': 2,
-                'args': argparse.Namespace(model='dualvit_s'), 'metric': 84.1}, checkpoint)
+    checkpoint = official_dualvit_file(tmp_path / 'checkpoint-309.pth.tar', {
+        'epoch': 309, 'state_dict': reference_state_dict('dualvit_s'), 'version': 2,
+        'args': argparse.Namespace(model='dualvit_s'), 'metric': 84.1})
     proc = subprocess.run(
         [sys.executable, str(REPO / 'tools' / 'test.py'), str(REPO / 'configs' / 'imagenet_dualvit_s.py'),
          str(checkpoint), '--work-dir', str(tmp_path / 'work'), '--cfg-options',
