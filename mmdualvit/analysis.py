@@ -75,11 +75,14 @@ def synthetic_batch(cfg, shape: Tuple[int, int], batch_size: int = 1, seed: int 
     height, width = shape
     if cfg.default_scope == 'mmdet':
         from mmdet.testing import demo_mm_inputs
-        heads = cfg.model
-        num_classes = (heads.roi_head.bbox_head.num_classes if 'roi_head' in heads else heads.bbox_head.num_classes)
+        model = cfg.model
+        head = model.roi_head.bbox_head if 'roi_head' in model else model.bbox_head
+        if isinstance(head, (list, tuple)):  # one per stage (Cascade, Sparse R-CNN)
+            head = head[0]
+        with_mask = 'roi_head' in model and model.roi_head.get('mask_head') is not None
         torch.manual_seed(seed)
         batch = demo_mm_inputs(batch_size=batch_size, image_shapes=[(3, height, width)] * batch_size,
-                               num_items=[3] * batch_size, num_classes=num_classes, with_mask='roi_head' in heads)
+                               num_items=[3] * batch_size, num_classes=head.num_classes, with_mask=with_mask)
         batch['inputs'] = [x.float() for x in batch['inputs']]
         return batch
     from mmengine.structures import PixelData
