@@ -66,7 +66,13 @@ def build_from_config(config, cfg_options: Optional[dict] = None) -> Tuple[nn.Mo
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     cfg.model.backbone.init_cfg = None
-    return revert_sync_batchnorm(MODELS.build(cfg.model)), cfg
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    rpn_head = getattr(model, 'rpn_head', None)
+    if type(rpn_head).__name__ == 'EmbeddingRPNHead':
+        # Sparse R-CNN's learned proposals are boxes only after their init (the whole image); PyTorch's default
+        # Embedding init gives boxes of negative size, which RoIAlign refuses.
+        rpn_head.init_weights()
+    return model, cfg
 
 
 def synthetic_batch(cfg, shape: Tuple[int, int], batch_size: int = 1, seed: int = 0) -> dict:
@@ -115,9 +121,13 @@ def model_complexity(model: nn.Module, shape: Tuple[int, int], backbone_only: bo
     if type(model).__module__.startswith('mmdet'):
         # a two-stage detector's RPN needs image metas to turn anchors into proposals
         from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
         meta = dict(img_shape=tuple(shape), ori_shape=tuple(shape), pad_shape=tuple(shape),
                     batch_input_shape=tuple(shape), scale_factor=(1., 1.))
-        samples = [DetDataSample(metainfo=meta)]
+        sample = DetDataSample(metainfo=meta)
+        # Sparse R-CNN's tensor-mode forward unpacks ground truth even though it does not use it.
+        sample.gt_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
+        samples = [sample]
     target = model.backbone if backbone_only else _TensorForward(model, samples)
     with torch.no_grad():
         return complexity(target, (torch.rand(1, 3, *shape), ))
