@@ -274,3 +274,12 @@ def test_configs_work_from_outside_the_repo(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('built ') == len(REAL)
+
+
+def test_sparse_rcnn_complexity_is_measurable():
+    """get_flops/benchmark run the model in tensor mode: Sparse R-CNN needs its learned proposals initialised (the
+    default Embedding init gives negative boxes) and ground truth to unpack."""
+    from mmdualvit.analysis import model_complexity
+    model, _ = build_from_config(str(REPO / 'configs' / 'sparse_rcnn_dualvit_s_3x_coco.py'))
+    macs, params = model_complexity(model.eval(), (64, 96))
+    assert macs > 0 and params == sum(p.numel() for p in model.parameters())
