@@ -1,7 +1,7 @@
 # Cascade Mask R-CNN + Dual-ViT on the embedded toy COCO set, for CPU tests: the real 3x config with the toy data,
 # schedule and widths of _base_/toy_coco.py, and slimmer heads (BN instead of SyncBN in the box heads, so it also
-# runs in one CPU process). Copy it together with ../cascade_mask_rcnn_dualvit_s_3x_coco.py, ../_base_/dualvit_3x_coco.py
-# and _base_/toy_coco.py (its bases).
+# runs in one CPU process). Copy it together with ../cascade_mask_rcnn_dualvit_s_3x_coco.py,
+# ../_base_/dualvit_3x_coco.py and _base_/toy_coco.py (its bases).
 _base_ = ['../cascade_mask_rcnn_dualvit_s_3x_coco.py', './_base_/toy_coco.py']
 
 classes = _base_.toy_coco_classes

@@ -8,8 +8,8 @@ toy_coco_scale = (128, 128)
 
 # The same architecture with fewer channels and blocks; no pretrained weights.
 toy_backbone = dict(
-    arch=dict(_delete_=True, stem_hidden_dim=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1], num_heads=[1, 2, 3, 4],
-              mlp_ratios=[4, 4, 4, 3]),
+    arch=dict(_delete_=True, stem_hidden_dim=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
+              num_heads=[1, 2, 3, 4], mlp_ratios=[4, 4, 4, 3]),
     drop_path_rate=0.,
     stem_norm_cfg=dict(type='BN', requires_grad=True),
     init_cfg=None)
