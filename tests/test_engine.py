@@ -1,5 +1,6 @@
-"""Runner pieces: atomic checkpoint writes, weights_only-safe message hub, CPU autocast wrapper."""
+"""Runner pieces: atomic checkpoint writes, weights_only-safe message hub, CPU autocast, the process group."""
 import io
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmdualvit  # noqa: F401
 from mmdualvit.engine import AtomicLocalBackend, CPUAutocastOptimWrapper, WeightsOnlyCheckpointHook
+from utils import free_port
 
 
 def test_atomic_backend_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
@@ -86,3 +88,48 @@ def test_cpu_autocast_wrapper_covers_the_backbone_only():
         out = model(torch.randn(3, 4))
     assert inner == [torch.bfloat16] and out.dtype == torch.float32
     assert 'forward' not in vars(model.backbone)  # restored
+
+
+@pytest.fixture
+def single_process_env(monkeypatch):
+    """torchrun's variables for a world of one, on a free port; any group left behind is destroyed afterwards."""
+    import torch.distributed as dist
+    for name, value in dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0', LOCAL_RANK='0',
+                            WORLD_SIZE='1').items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('fails', [False, True], ids=['returns', 'raises'])
+def test_distributed_session_sets_up_gloo_and_always_destroys_the_group(single_process_env, fails):
+    """A gloo group left to interpreter exit can abort a finished run (exit -6); the tools' session destroys it."""
+    import torch.distributed as dist
+    from mmengine.config import Config
+
+    from mmdualvit.engine.launch import distributed_session
+    cfg = Config(dict(launcher='pytorch', find_unused_parameters=True))
+    with pytest.raises(RuntimeError, match='training failed') if fails else nullcontext():
+        with distributed_session(cfg):
+            assert dist.is_initialized() and dist.get_backend() == 'gloo'
+            total = torch.ones(3)
+            dist.all_reduce(total)
+            assert total.tolist() == [1.0, 1.0, 1.0]
+            if fails:
+                raise RuntimeError('training failed')
+    assert not dist.is_initialized()
+    assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=True)
+
+
+def test_distributed_session_without_a_launcher_starts_no_group():
+    import torch.distributed as dist
+    from mmengine.config import Config
+
+    from mmdualvit.engine.launch import distributed_session
+    cfg = Config(dict(launcher='none'))
+    with distributed_session(cfg):
+        assert not dist.is_initialized()
+    assert 'model_wrapper_cfg' not in cfg

@@ -1,7 +1,6 @@
 """End-to-end runs of tools/ as subprocesses on the embedded toy data (slow: a few minutes on 2 CPU cores)."""
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 
 import mmdualvit  # noqa: F401  (weights_only allow-list)
 from mmdualvit.datasets import make_toy_coco
+from utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
@@ -131,13 +131,6 @@ def test_test_tool_refuses_untrusted_pickle(toy_root, tmp_path):
                            str(tmp_path / 'w')], cwd=toy_root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert 'Weights only load failed' in proc.stdout + proc.stderr and 'posix.system' in proc.stdout + proc.stderr
-
-
-def free_port() -> int:
-    """A port no other process listens on now (a fixed one clashes with a concurrent suite's run)."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def test_dist_train_two_gloo_processes_on_cpu(toy_root):

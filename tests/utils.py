@@ -142,3 +142,11 @@ def official_dualvit_file(path: Path, checkpoint: dict) -> Path:
     subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / 'dualvit2mmdualvit.py'),
                     '--trust-pickle', str(path), str(converted)], check=True, capture_output=True)
     return converted
+
+
+def free_port() -> int:
+    """A local port no other process listens on now (a fixed one clashes with a concurrent suite's run)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]

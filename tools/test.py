@@ -9,7 +9,7 @@ import os.path as osp
 from mmengine.config import Config
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import add_common_args, build_runner, load_config, setup_distributed_cpu
+from mmdualvit.engine.launch import add_common_args, build_runner, distributed_session, load_config
 
 
 def parse_args():
@@ -42,8 +42,8 @@ def main():
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
-    setup_distributed_cpu(cfg)
-    build_runner(cfg).test()
+    with distributed_session(cfg):
+        build_runner(cfg).test()
 
 
 if __name__ == '__main__':

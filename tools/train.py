@@ -9,8 +9,8 @@ import argparse
 
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, enable_amp, load_config,
-                                     setup_distributed_cpu)
+from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, distributed_session,
+                                     enable_amp, load_config)
 
 
 def parse_args():
@@ -39,8 +39,8 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    setup_distributed_cpu(cfg)
-    build_runner(cfg).train()
+    with distributed_session(cfg):
+        build_runner(cfg).train()
 
 
 if __name__ == '__main__':

@@ -2,10 +2,30 @@
 import argparse
 import os
 import os.path as osp
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+
+
+@contextmanager
+def distributed_session(cfg: Config) -> Iterator[None]:
+    """Run a tool's Runner inside a process group that is set up for CPU when needed and always torn down.
+
+    Set-up: see :func:`setup_distributed_cpu`. Tear-down: mmengine never destroys the process group it (or we)
+    created, and a gloo group left to the interpreter's exit can abort the process after a successful run
+    ("terminate called without an active exception", exit -6; pytorch/pytorch#190489): gloo's worker threads
+    still hold work whose tensors need the GIL while the interpreter is being finalised. Destroying the group
+    while Python is fully alive is what torch asks for, on NCCL too.
+    """
+    setup_distributed_cpu(cfg)
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def setup_distributed_cpu(cfg: Config) -> None:
