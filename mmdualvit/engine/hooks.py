@@ -82,14 +82,8 @@ def checkpoint_from_plain(checkpoint: dict) -> None:
         checkpoint['param_schedulers'] = counters_from_plain(checkpoint['param_schedulers'])
 
 
-@HOOKS.register_module()
-class WeightsOnlyCheckpointHook(Hook):
-    """Store the message hub's history as plain lists in checkpoints, and restore it when one is loaded.
-
-    :class:`PortableCheckpointHook` does the same and more; this hook is for configs that keep another checkpoint
-    hook.
-    """
-    priority = 'VERY_LOW'
+class _PlainCheckpointMixin:
+    """A hook's checkpoint callbacks that store plain values (:func:`checkpoint_to_plain`) and restore them."""
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint_to_plain(checkpoint)
@@ -99,7 +93,17 @@ class WeightsOnlyCheckpointHook(Hook):
 
 
 @HOOKS.register_module()
-class PortableCheckpointHook(CheckpointHook):
+class WeightsOnlyCheckpointHook(_PlainCheckpointMixin, Hook):
+    """Store the message hub's history as plain lists in checkpoints, and restore it when one is loaded.
+
+    :class:`PortableCheckpointHook` does the same and more; this hook is for configs that keep another checkpoint
+    hook.
+    """
+    priority = 'VERY_LOW'
+
+
+@HOOKS.register_module()
+class PortableCheckpointHook(_PlainCheckpointMixin, CheckpointHook):
     """mmengine's :class:`~mmengine.hooks.CheckpointHook` with checkpoints that never lose work and load anywhere.
 
     Differences (all arguments are mmengine's):
@@ -116,12 +120,6 @@ class PortableCheckpointHook(CheckpointHook):
         if backend_args is None and kwargs.get('file_client_args') is None and '://' not in str(out_dir or ''):
             backend_args = dict(backend=ATOMIC_BACKEND)
         super().__init__(*args, backend_args=backend_args, out_dir=out_dir, **kwargs)
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint_to_plain(checkpoint)
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint_from_plain(checkpoint)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         # Same bookkeeping as mmengine's, reordered: save first, then rotate, then point last_checkpoint at it.
