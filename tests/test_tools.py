@@ -148,9 +148,11 @@ def test_segmentation_train_and_test_report_miou(tmp_path):
     from mmdualvit.datasets import make_toy_ade
     make_toy_ade(tmp_path / 'data' / 'toy_ade', num_train=12, num_val=4, image_size=(96, 96), seed=2)
     config = REPO / 'configs' / 'toy' / 'upernet_dualvit_toy.py'
+    # A fixed seed: 60 iterations are a short run whose mIoU depends on the initialisation (one unseeded CI run
+    # scored 30.6, 1.3 under the bar below; seed 0 scores 54.65 on this project's CI machine type).
     run_tool([sys.executable, str(REPO / 'tools/train.py'), str(config), '--work-dir', str(tmp_path / 'w'),
               '--cfg-options', 'train_cfg.max_iters=60', 'train_cfg.val_interval=1000',
-              'default_hooks.checkpoint.interval=60'], cwd=tmp_path)
+              'default_hooks.checkpoint.interval=60', 'randomness.seed=0'], cwd=tmp_path)
     log = run_tool([sys.executable, str(REPO / 'tools/test.py'), str(config), str(tmp_path / 'w' / 'iter_60.pth'),
                     '--work-dir', str(tmp_path / 't'), '--show-dir', str(tmp_path / 'show')], cwd=tmp_path)
     miou = float(re.search(r'mIoU: ([0-9.]+)', log).group(1))
