@@ -37,6 +37,17 @@ def test_force_cuda_selects_the_cuda_flavour():
         assert proc.stdout.split()[2] == 'cu' + torch.version.cuda.replace('.', '')
 
 
+@pytest.mark.parametrize('tag, builds', [('cp310', True), ('cp312', True), ('cp313', False), ('cp314', False)])
+def test_no_mmcv_compile_where_its_setup_py_cannot_run(tag, builds, tmp_path):
+    proc = _bash(f'require_mmcv_buildable {tag} "{tmp_path}"; echo compiling')
+    if builds:
+        assert proc.returncode == 0 and proc.stdout == 'compiling\n', proc.stderr
+    else:
+        assert proc.returncode != 0 and 'compiling' not in proc.stdout
+        assert "KeyError: '__version__'" in proc.stderr and 'PYTHON=python3.12 make install' in proc.stderr
+        assert f'mmcv-2.1.0-{tag}-{tag}-*.whl' in proc.stderr and str(tmp_path) in proc.stderr
+
+
 def test_compiler_wrappers_raise_the_standard(tmp_path):
     proc = _bash(f'use_cxx20_wrappers "{tmp_path}" /bin/echo; '
                  '"$PYTORCH_NVCC" -c a.cu -std=c++17 -Xcompiler -std=c++14 "-DX=a b"; echo "$CXX"')

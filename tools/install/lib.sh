@@ -30,6 +30,20 @@ print(tag, torch.__version__, flavour, torch.version.cuda or 'none', cxx20)
 PY
 }
 
+# Stops the install, saying what to do instead, when mmcv cannot be compiled for Python tag $1 ($2: our wheel cache).
+# mmcv 2.1.0's setup.py reads its version with exec() followed by locals()['__version__'], which Python 3.13 no
+# longer fills in (PEP 667: locals() in a function is a snapshot), so its build stops at "KeyError: '__version__'"
+# before compiling anything (seen with Python 3.13.0).
+require_mmcv_buildable() {
+    local tag=$1 cache=$2
+    if [ "${tag#cp3}" -ge 13 ]; then
+        log "mmcv $MMCV_VERSION cannot be compiled on Python 3.${tag#cp3}: its setup.py reads __version__ through"
+        log "  locals() after exec(), which Python 3.13 changed (PEP 667); the build would stop at KeyError: '__version__'."
+        die "use Python 3.10 to 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
+            "mmcv-$MMCV_VERSION-$tag-$tag-*.whl into a PIP_FIND_LINKS folder or $cache"
+    fi
+}
+
 # Writes compiler wrappers into directory $1 that raise mmcv's C++ standard to C++20 and exports CXX (and, for CUDA
 # builds, PYTORCH_NVCC, which torch.utils.cpp_extension uses instead of $CUDA_HOME/bin/nvcc).
 #   g++: a later -std wins, so appending -std=gnu++20 is enough.

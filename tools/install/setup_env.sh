@@ -106,6 +106,7 @@ else
     pattern="mmcv-$MMCV_VERSION-$py_tag-$py_tag-*.whl"
     # shellcheck disable=SC2086  # find_links is a space-separated list of folders
     if ! wheel=$(try_wheels "$wheel_cache"/$pattern $(for d in $find_links; do echo "${d#file://}"/$pattern; done)); then
+        require_mmcv_buildable "$py_tag" "$wheel_cache"
         compile_mmcv
         wheel=$(try_wheels "$wheel_cache"/$pattern) || die "the mmcv wheel just built does not work here (above)"
     fi
