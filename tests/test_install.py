@@ -37,6 +37,17 @@ def test_force_cuda_selects_the_cuda_flavour():
         assert proc.stdout.split()[2] == 'cu' + torch.version.cuda.replace('.', '')
 
 
+@pytest.mark.parametrize('version, pins, ok', [('3.10', 'default', False), ('3.11', 'default', True),
+                                              ('3.12', 'default', True), ('3.10', 'own', True)])
+def test_python_310_is_refused_only_for_the_default_pins(version, pins, ok):
+    constraints = ROOT / 'requirements' / 'constraints.txt' if pins == 'default' else '/elsewhere/constraints.txt'
+    proc = _bash(f'require_python_for_pins {version} "{constraints}" "{ROOT}"; echo installing')
+    assert (proc.returncode == 0 and proc.stdout == 'installing\n') == ok, proc.stderr
+    if not ok:
+        assert 'cuda-bindings==13.5.0 has no Python 3.10 release' in proc.stderr
+        assert 'PYTHON=python3.12 make install' in proc.stderr and 'installing' not in proc.stdout
+
+
 @pytest.mark.parametrize('tag, builds', [('cp310', True), ('cp312', True), ('cp313', False), ('cp314', False)])
 def test_no_mmcv_compile_where_its_setup_py_cannot_run(tag, builds, tmp_path):
     proc = _bash(f'require_mmcv_buildable {tag} "{tmp_path}"; echo compiling')

@@ -30,6 +30,19 @@ print(tag, torch.__version__, flavour, torch.version.cuda or 'none', cxx20)
 PY
 }
 
+# Stops the install, saying what to do instead, when Python version $1 ("3.10") cannot install the exact pins of
+# constraints file $2 and that file is our default one (under root $3). requirements/constraints.txt was resolved on
+# Python 3.11: on 3.10 pip finds no release of its cuda-bindings==13.5.0 (which torch 2.14.1 needs) and gives up
+# with "ResolutionImpossible" (seen with Python 3.10.13).
+require_python_for_pins() {
+    local version=$1 constraints=$2 root=$3
+    if [ "$constraints" = "$root/requirements/constraints.txt" ] && [ "${version#3.}" -lt 11 ]; then
+        die "Python $version cannot install the pinned stack of requirements/constraints.txt (resolved on Python" \
+            "3.11; e.g. its cuda-bindings==13.5.0 has no Python $version release): use Python 3.11 or 3.12" \
+            "(PYTHON=python3.12 make install), or install mmdualvit into an existing environment (README)"
+    fi
+}
+
 # Stops the install, saying what to do instead, when mmcv cannot be compiled for Python tag $1 ($2: our wheel cache).
 # mmcv 2.1.0's setup.py reads its version with exec() followed by locals()['__version__'], which Python 3.13 no
 # longer fills in (PEP 667: locals() in a function is a snapshot), so its build stops at "KeyError: '__version__'"
