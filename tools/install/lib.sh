@@ -52,7 +52,7 @@ require_mmcv_buildable() {
     if [ "${tag#cp3}" -ge 13 ]; then
         log "mmcv $MMCV_VERSION cannot be compiled on Python 3.${tag#cp3}: its setup.py reads __version__ through"
         log "  locals() after exec(), which Python 3.13 changed (PEP 667); the build would stop at KeyError: '__version__'."
-        die "use Python 3.10 to 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
+        die "use Python 3.11 or 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
             "mmcv-$MMCV_VERSION-$tag-$tag-*.whl into a PIP_FIND_LINKS folder or $cache"
     fi
 }

@@ -30,7 +30,7 @@ cache_root=${MMDUALVIT_WHEEL_CACHE:-$root/.cache/wheels}
 vpy="$venv/bin/python"
 pip() { "$vpy" -m pip "$@"; }
 "$vpy" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 13)' \
-    || die "$("$vpy" -V) is not supported: use Python 3.10 to 3.13 (PYTHON=python3.12 ...)"
+    || die "$("$vpy" -V) is not supported: use Python 3.11 or 3.12 (PYTHON=python3.12 ...)"
 require_python_for_pins "$("$vpy" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" "$constraints" "$root"
 
 # Keep any find-links pip is configured with (e.g. local torch wheels); our cache is searched separately.
