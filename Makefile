@@ -1,5 +1,6 @@
 # make test / make demo create (once) and reuse the virtual environment in .venv/.
-#   PYTHON=python3.12 make test     builds the venv with another interpreter (3.11 or 3.12; 3.13 needs a prebuilt mmcv wheel)
+#   PYTHON=python3.12 make test     builds the venv with another interpreter (3.11 or 3.12;
+#                                   3.13 needs a prebuilt mmcv wheel)
 VENV ?= .venv
 # PYTHON, the interpreter that creates the venv, is read from the environment by tools/install/setup_env.sh.
 VPY := $(VENV)/bin/python

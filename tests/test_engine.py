@@ -4,10 +4,13 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmdualvit  # noqa: F401
 from mmdualvit.engine import AtomicLocalBackend, CPUAutocastOptimWrapper, WeightsOnlyCheckpointHook
+from mmdualvit.engine.launch import distributed_session
 from utils import free_port
 
 
@@ -93,7 +96,6 @@ def test_cpu_autocast_wrapper_covers_the_backbone_only():
 @pytest.fixture
 def single_process_env(monkeypatch):
     """torchrun's variables for a world of one, on a free port; any group left behind is destroyed afterwards."""
-    import torch.distributed as dist
     for name, value in dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0', LOCAL_RANK='0',
                             WORLD_SIZE='1').items():
         monkeypatch.setenv(name, value)
@@ -106,10 +108,6 @@ def single_process_env(monkeypatch):
 @pytest.mark.parametrize('fails', [False, True], ids=['returns', 'raises'])
 def test_distributed_session_sets_up_gloo_and_always_destroys_the_group(single_process_env, fails):
     """A gloo group left to interpreter exit can abort a finished run (exit -6); the tools' session destroys it."""
-    import torch.distributed as dist
-    from mmengine.config import Config
-
-    from mmdualvit.engine.launch import distributed_session
     cfg = Config(dict(launcher='pytorch', find_unused_parameters=True))
     with pytest.raises(RuntimeError, match='training failed') if fails else nullcontext():
         with distributed_session(cfg):
@@ -125,10 +123,6 @@ def test_distributed_session_sets_up_gloo_and_always_destroys_the_group(single_p
 
 
 def test_distributed_session_without_a_launcher_starts_no_group():
-    import torch.distributed as dist
-    from mmengine.config import Config
-
-    from mmdualvit.engine.launch import distributed_session
     cfg = Config(dict(launcher='none'))
     with distributed_session(cfg):
         assert not dist.is_initialized()

@@ -29,9 +29,11 @@ cache_root=${MMDUALVIT_WHEEL_CACHE:-$root/.cache/wheels}
 [ -x "$venv/bin/python" ] || { log "creating virtual environment $venv with $python"; "$python" -m venv "$venv"; }
 vpy="$venv/bin/python"
 pip() { "$vpy" -m pip "$@"; }
-"$vpy" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 13)' \
-    || die "$("$vpy" -V) is not supported: use Python 3.11 or 3.12 (PYTHON=python3.12 ...)"
-require_python_for_pins "$("$vpy" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" "$constraints" "$root"
+py_version=$("$vpy" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+case $py_version in
+    3.1[0-3]) require_python_for_pins "$py_version" "$constraints" "$root" ;;
+    *) die "Python $py_version is not supported: use Python 3.11 or 3.12 (PYTHON=python3.12 ...)" ;;
+esac
 
 # Keep any find-links pip is configured with (e.g. local torch wheels); our cache is searched separately.
 configured_links=$(pip config get global.find-links 2>/dev/null || true)
