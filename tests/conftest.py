@@ -1,11 +1,7 @@
-"""Test-suite setup: make ``tests/`` importable so the test modules can share ``tests/utils.py``; skip ``cuda``
-tests without a GPU."""
-import sys
-from pathlib import Path
+"""Test-suite setup: skip ``cuda`` tests without a GPU.
 
-TESTS_DIR = str(Path(__file__).resolve().parent)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+``tests`` is a package, so shared helpers are imported as ``tests.utils`` and shadow no other ``utils`` module.
+"""
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,12 +14,10 @@ from safetensors.torch import save_file
 
 from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_backbone_checkpoint, read_checkpoint
 from mmdualvit.models import DualViT, Sequencer2D
+from tests.utils import make_state_dict, official_dualvit_file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / 'tests' / 'data'
-sys.path.insert(0, str(DATA))
-from refweights import make_state_dict  # noqa: E402
-from utils import official_dualvit_file  # noqa: E402
 
 
 def official(name):

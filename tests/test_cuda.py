@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmdualvit.models import DualViT, Sequencer2D
-from utils import assert_matches, load_reference_weights, reference_features, reference_input
+from tests.utils import assert_matches, load_reference_weights, reference_features, reference_input
 
 pytestmark = pytest.mark.cuda
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,6 @@ def test_sequencer_lstm_on_cudnn_is_deterministic():
         print('ok', cudnn_a)
     ''')
     env = dict(os.environ, CUBLAS_WORKSPACE_CONFIG=':16:8', PYTHONPATH=os.pathsep.join(
-        [str(ROOT), str(ROOT / 'tests'), os.environ.get('PYTHONPATH', '')]))
+        [str(ROOT), os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0 and proc.stdout.startswith('ok'), proc.stderr[-3000:]

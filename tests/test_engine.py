@@ -11,7 +11,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 import mmdualvit  # noqa: F401
 from mmdualvit.engine import AtomicLocalBackend, CPUAutocastOptimWrapper, WeightsOnlyCheckpointHook
 from mmdualvit.engine.launch import distributed_session
-from utils import free_port
+from tests.utils import free_port
 
 
 def test_atomic_backend_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):

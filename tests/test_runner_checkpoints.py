@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy_runner import build_runner
+from tests.toy_runner import build_runner
 
 from mmdualvit.engine import CheckpointError, remove_stale_temporaries
 from mmdualvit.engine.fileio import TMP_SUFFIX
@@ -222,9 +222,9 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
         '        print("INSIDE", name, flush=True)\n'
         '        threading.Event().wait()  # stays here until killed\n'
         'os.fsync = fsync\n'
-        'from toy_runner import build_runner\n'
+        'from tests.toy_runner import build_runner\n'
         f'build_runner({str(work)!r}, max_iters=6).train()\n')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]), PYTHONWARNINGS='ignore')
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
     proc = subprocess.Popen([sys.executable, '-c', child], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=env, text=True)
     try:
@@ -251,14 +251,14 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
 
 
 def _run(args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]), PYTHONWARNINGS='ignore')
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope='module')
 def crafted(tmp_path_factory):
-    from crafted_checkpoints import write_void_dtype_with_object_field
+    from tests.crafted_checkpoints import write_void_dtype_with_object_field
     path = tmp_path_factory.mktemp('crafted') / 'evil.pth'
     write_void_dtype_with_object_field(path)
     return path
@@ -313,7 +313,7 @@ def test_load_from_an_http_url_is_read_safely_and_strictly(trained, tmp_path):
     import functools
     import http.server
     import threading
-    from crafted_checkpoints import write_void_dtype_with_object_field
+    from tests.crafted_checkpoints import write_void_dtype_with_object_field
     write_void_dtype_with_object_field(trained / 'evil.pth')
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(trained))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)

@@ -10,7 +10,7 @@ import torch
 
 import mmdualvit  # noqa: F401  (weights_only allow-list)
 from mmdualvit.datasets import make_toy_coco
-from utils import free_port
+from tests.utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'

@@ -20,6 +20,7 @@ def _import_refweights():
 
 _refweights = _import_refweights()
 make_input = _refweights.make_input
+make_state_dict = _refweights.make_state_dict
 
 # Stored inputs: npz prefix -> (shape, seed)
 INPUTS = {

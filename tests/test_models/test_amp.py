@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmdualvit.models import DualViT, Sequencer2D
-from utils import load_reference_weights, reference_input
+from tests.utils import load_reference_weights, reference_input
 
 # Measured (reference weights, 160x256, 2026-11-24): bf16 vs fp32 per output, in units of the fp32 std:
 # mean |Δ| 0.005-0.008, max |Δ| 0.03-0.07 (bfloat16 keeps 8 mantissa bits, ~0.4% per rounding).

@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from utils import assert_matches, official_dualvit_file, reference_features, reference_input, reference_state_dict
+from tests.utils import assert_matches, official_dualvit_file, reference_features, reference_input, reference_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ['dualvit_s', 'dualvit_b', 'dualvit_l', 'sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l']

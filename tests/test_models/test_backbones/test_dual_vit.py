@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmdualvit  # noqa: F401  (registers the models)
 from mmdualvit.models import DualViT
-from utils import (assert_matches, grads_and_outputs, load_reference_weights, matches, official_keys,
+from tests.utils import (assert_matches, grads_and_outputs, load_reference_weights, matches, official_keys,
                    reference_features, reference_input, reference_state_dict, stored_inputs)
 
 EMBED_DIMS = {'s': [64, 128, 320, 448], 'b': [64, 128, 320, 512], 'l': [96, 192, 384, 512]}

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import mmdualvit  # noqa: F401  (registers the models)
 from mmdualvit.models import Sequencer2D
-from utils import (assert_matches, grads_and_outputs, load_reference_weights, matches, official_keys,
+from tests.utils import (assert_matches, grads_and_outputs, load_reference_weights, matches, official_keys,
                    reference_features, reference_input, stored_inputs)
 
 LAYERS = {'s': [4, 3, 8, 3], 'm': [4, 3, 14, 3], 'l': [8, 8, 16, 4]}
