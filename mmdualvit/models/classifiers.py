@@ -18,7 +18,7 @@ from mmpretrain.models import ClsHead, ImageClassifier
 
 from ..registry import MODELS
 from .backbones.dual_vit import BLOCK_NORM_EPS
-from .utils import ConvertsCheckpoints
+from .utils import ConvertsCheckpoints, attention, merge_heads, split_heads
 
 CLASSIFIER_EPS = BLOCK_NORM_EPS  # the official heads use the block LayerNorm (eps 1e-6) too
 
@@ -34,12 +34,10 @@ class ClassAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
         heads = self.num_heads
-        q = self.q(x[:, :1]).view(b, 1, heads, c // heads).transpose(1, 2)
-        k, v = self.kv(x).view(b, n, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, 1, c))
+        k, v = self.kv(x).chunk(2, dim=-1)
+        out = attention(split_heads(self.q(x[:, :1]), heads), split_heads(k, heads), split_heads(v, heads))
+        return self.proj(merge_heads(out))
 
 
 class ClassBlock(nn.Module):

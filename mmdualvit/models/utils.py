@@ -1,63 +1,11 @@
-"""Helpers shared by the backbones: arch tables, argument checks, checkpoint conversion, freezing, attention."""
-import numbers
+"""Layer helpers shared by the models: gradient checkpointing, multi-head attention, checkpoint conversion."""
 from collections import OrderedDict
-from typing import Dict, Iterable, Optional, Sequence, Union
+from typing import Dict, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-
-
-def resolve_arch(arch: Union[str, dict], arch_zoo: Dict[str, dict], essential_keys: Iterable[str],
-                 model_name: str) -> dict:
-    """Return the settings of ``arch``: a name or alias from ``arch_zoo``, or a dict with exactly the essential keys.
-
-    Raises:
-        ValueError: for an unknown name, or a dict with missing or unknown keys.
-    """
-    essential_keys = set(essential_keys)
-    if isinstance(arch, str):
-        key = arch.lower()
-        if key not in arch_zoo:
-            names = ', '.join(repr(k) for k in arch_zoo)
-            raise ValueError(f'{model_name}: unknown arch {arch!r}; choose one of {names} or pass a dict with '
-                             f'keys {sorted(essential_keys)}.')
-        return dict(arch_zoo[key])
-    if not isinstance(arch, dict):
-        raise TypeError(f'{model_name}: arch must be a str or a dict, got {type(arch).__name__}.')
-    missing = essential_keys - set(arch)
-    unknown = set(arch) - essential_keys
-    if missing or unknown:
-        raise ValueError(f'{model_name}: a custom arch dict needs exactly the keys {sorted(essential_keys)}; '
-                         f'missing {sorted(missing)}, unknown {sorted(unknown)}.')
-    return dict(arch)
-
-
-def check_out_indices(out_indices: Sequence[int], num_stages: int, model_name: str) -> tuple:
-    """Normalise ``out_indices`` (negative indices allowed) to a sorted tuple of stage indices."""
-    if isinstance(out_indices, int):
-        out_indices = (out_indices, )
-    result = []
-    for index in out_indices:
-        if not -num_stages <= index < num_stages:
-            raise ValueError(f'{model_name}: out_indices entry {index} is out of range for {num_stages} stages.')
-        result.append(index % num_stages)
-    if len(set(result)) != len(result):
-        raise ValueError(f'{model_name}: out_indices {tuple(out_indices)} repeats a stage.')
-    return tuple(sorted(result))
-
-
-def freeze(modules: Iterable[Optional[nn.Module]], params: Iterable[nn.Parameter] = ()) -> None:
-    """Put ``modules`` in eval mode and stop gradients to their parameters and to ``params``."""
-    for module in modules:
-        if module is None:
-            continue
-        module.eval()
-        for param in module.parameters():
-            param.requires_grad = False
-    for param in params:
-        param.requires_grad = False
 
 
 def checkpointed(module: nn.Module, with_cp: bool, *args):
@@ -91,18 +39,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = T
     return attn.softmax(dim=-1) @ v
 
 
-def check_drop_path_rate(rate: float, model_name: str) -> float:
-    """Return ``rate`` if it is a valid stochastic-depth rate in [0, 1).
-
-    1 drops every residual branch (the scale 1/(1-p) is then a division by zero, NaN in training), more than 1 or
-    negative rates are not probabilities, and NaN would silently turn stochastic depth off.
-    """
-    if not isinstance(rate, numbers.Real) or not 0 <= rate < 1:  # NaN fails both comparisons
-        raise ValueError(f'{model_name}: drop_path_rate must be in [0, 1), got {rate!r}; use 0 to turn stochastic '
-                         f'depth off (the official recipes use 0.1-0.3).')
-    return float(rate)
-
-
 class ConvertsCheckpoints:
     """Mixin for modules that accept checkpoints in foreign layouts (official, timm) as well as their own.
 
@@ -119,10 +55,6 @@ class ConvertsCheckpoints:
 
     def checkpoint_unused_prefixes(self) -> Sequence[str]:
         """Prefixes of checkpoint keys this instance does not use on purpose (e.g. an ImageNet head)."""
-        return ()
-
-    def checkpoint_new_prefixes(self) -> Sequence[str]:
-        """Prefixes of this instance's tensors that no ImageNet checkpoint holds (they keep their init)."""
         return ()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

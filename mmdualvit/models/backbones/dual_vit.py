@@ -5,11 +5,13 @@ Yao, Li, Pan, Wang, Zhang, Mei: "Dual Vision Transformer", TPAMI 2023, https://a
 Stages 1-2 run a pixel pathway and a semantic pathway (a few global semantic tokens) side by side; stages 3-4
 concatenate the semantic tokens to the pixel tokens and run global attention over both. Module and parameter names
 follow the official ImageNet checkpoints (``block1.0.attn.q_proxy``, ``patch_embed1.conv.1`` ...), so those load
-without renaming. Every attention runs through ``scaled_dot_product_attention``.
+without renaming. Every attention, the semantic tokens' initial cross-attention included, runs through
+:func:`mmdualvit.models.utils.attention`: ``scaled_dot_product_attention`` by default, the explicit softmax(QKᵀ)V
+of the official code with ``fused_attention=False``.
 """
 import math
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,12 +20,10 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import init_weights_strictly, split_init_cfg
 from ...registry import MODELS
-from ..utils import (ConvertsCheckpoints, attention, check_drop_path_rate, check_out_indices, checkpointed, freeze,
-                     merge_heads, resolve_arch, split_heads)
+from ..utils import attention, checkpointed, merge_heads, split_heads
+from .base import BaseBackbone
 
 # Block and stage norms use eps 1e-6; the LayerNorms inside attention, embeddings and the stem use torch's 1e-5.
 BLOCK_NORM_EPS = 1e-6
@@ -85,7 +85,7 @@ class DualAttention(nn.Module):
         dim (int): Channels.
         num_heads (int): Attention heads.
         drop_path (float): Stochastic depth applied to the three semantic updates.
-        fused (bool): Use ``scaled_dot_product_attention``.
+        fused (bool): Use ``scaled_dot_product_attention`` (else the explicit attention matrix).
     """
 
     def __init__(self, dim: int, num_heads: int, drop_path: float = 0., fused: bool = True):
@@ -155,7 +155,7 @@ class DualBlock(BaseModule):
         num_heads (int): Attention heads.
         mlp_ratio (float): FFN hidden ratio.
         drop_path (float): Stochastic depth rate.
-        fused (bool): Use ``scaled_dot_product_attention``.
+        fused (bool): Use ``scaled_dot_product_attention`` (else the explicit attention matrix).
     """
 
     def __init__(self, dim, num_heads, mlp_ratio, drop_path=0., fused=True):
@@ -185,7 +185,7 @@ class MergeBlock(BaseModule):
         drop_path (float): Stochastic depth rate.
         drop_semantics (bool): Drop the semantic tokens after attention (the dense models' last block, whose
             output is the last feature map). The ImageNet checkpoint's ``fc_proxy`` of that block is then unused.
-        fused (bool): Use ``scaled_dot_product_attention``.
+        fused (bool): Use ``scaled_dot_product_attention`` (else the explicit attention matrix).
     """
 
     def __init__(self, dim, num_heads, mlp_ratio, drop_path=0., drop_semantics=False, fused=True):
@@ -229,7 +229,7 @@ class Stem(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), tuple(hw)
 
 
-class DownSample(nn.Module):
+class Downsample(nn.Module):
     """conv3x3/2 + LayerNorm between stages (tokens out)."""
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -255,12 +255,15 @@ class SemanticEmbed(nn.Module):
 
 
 @MODELS.register_module()
-class DualViT(ConvertsCheckpoints, BaseModule):
+class DualViT(BaseBackbone):
     """Dual Vision Transformer backbone (`paper <https://arxiv.org/abs/2207.04976>`_).
 
     Args:
         arch (str | dict): ``'s'``, ``'b'``, ``'l'`` (or ``'small'``, ``'base'``, ``'large'``), or a dict with
-            the keys of :attr:`arch_settings` entries. Defaults to ``'s'``.
+            the keys of the :attr:`arch_zoo` entries: ``stem_hidden_dim`` (int), and per stage (4 entries each)
+            ``embed_dims``, ``depths``, ``num_heads`` (each dividing its ``embed_dims`` entry) and ``mlp_ratios``
+            (stage 3 alternates ``r`` and ``r - 1``, so its ratio must exceed 1). Every value is checked when the
+            model is built. Defaults to ``'s'``.
         in_channels (int): Input channels. Defaults to 3.
         out_indices (Sequence[int]): Stages whose normalised NCHW maps (strides 4/8/16/32) are returned.
         out_type (str): ``'featmap'`` (dense backbone, as the official detection/segmentation code) or ``'raw'``
@@ -271,15 +274,24 @@ class DualViT(ConvertsCheckpoints, BaseModule):
             backbone uses 0.15; the segmentation configs 0.15 (S) and 0.3 (B).
         stem_norm_cfg (dict): Norm of the three stem convs. The official detection code uses BN with frozen affine
             parameters (the default); the segmentation code uses ``SyncBN`` with ``requires_grad=True``.
-        frozen_stages (int): Stages to freeze (parameters and BN statistics), -1 for none.
+        frozen_stages (int): What to freeze (eval mode, ``requires_grad=False``, kept so on every ``train()``),
+            as mmdet's ResNet and Swin: ``-1`` nothing (default); ``0`` the stem (``patch_embed1``: convs, BNs,
+            projection); ``k`` in 1-4 the stem and stages 1..k. Stage 1 includes the semantic-token
+            initialisation (``q``, ``q_embed``, ``kv``, ``se``, ``proxy_ln``); stage i > 1 its downsampling
+            (``patch_embed{i}``) and semantic embedding (``proxy_embed{i}``); each stage its blocks and output
+            norms (``norm{i}``, ``norm_proxy{i}``).
         norm_eval (bool): Keep the stem's BN layers in eval mode while training.
         with_cp (bool): Gradient checkpointing per block (less memory, same outputs and gradients).
-        fused_attention (bool): Use ``scaled_dot_product_attention`` (default). ``False`` materialises the
-            attention matrix like the official code; it exists for benchmarks and numerical audits.
+        fused_attention (bool): Run every attention through ``scaled_dot_product_attention`` (default).
+            ``False`` materialises every attention matrix, the initial semantic cross-attention included, like
+            the official code; it exists for benchmarks and numerical audits.
         init_cfg (dict | list[dict], optional): Any form mmengine accepts. ``Pretrained`` entries load an official
             ImageNet, converted or whole-detector checkpoint through :func:`mmdualvit.checkpoint.load_pretrained`,
             which refuses partial loads; other entries (``Constant``, ``TruncNormal`` ...) apply after the
             official random init. Unknown types are errors.
+
+    Inputs are float batches (B, in_channels, H, W) of at least 28x28 pixels in the weights' dtype (any float
+    dtype but float64 under ``torch.autocast``); anything else is refused with a message saying what to pass.
 
     Examples:
         >>> import torch
@@ -288,20 +300,21 @@ class DualViT(ConvertsCheckpoints, BaseModule):
         >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 224, 224))]
         [(1, 64, 56, 56), (1, 128, 28, 28), (1, 320, 14, 14), (1, 448, 7, 7)]
     """
-    arch_settings = {
-        's': dict(stem_hidden_dim=32, embed_dims=[64, 128, 320, 448], depths=[3, 4, 6, 3], num_heads=[2, 4, 10, 14],
-                  mlp_ratios=[8, 8, 4, 3]),
-        'b': dict(stem_hidden_dim=64, embed_dims=[64, 128, 320, 512], depths=[3, 4, 15, 3], num_heads=[2, 4, 10, 16],
-                  mlp_ratios=[8, 8, 4, 3]),
-        'l': dict(stem_hidden_dim=64, embed_dims=[96, 192, 384, 512], depths=[3, 6, 21, 3], num_heads=[3, 6, 12, 16],
-                  mlp_ratios=[8, 8, 4, 3]),
+    arch_zoo = {
+        **dict.fromkeys(['s', 'small'], dict(stem_hidden_dim=32, embed_dims=[64, 128, 320, 448], depths=[3, 4, 6, 3],
+                                             num_heads=[2, 4, 10, 14], mlp_ratios=[8, 8, 4, 3])),
+        **dict.fromkeys(['b', 'base'], dict(stem_hidden_dim=64, embed_dims=[64, 128, 320, 512], depths=[3, 4, 15, 3],
+                                            num_heads=[2, 4, 10, 16], mlp_ratios=[8, 8, 4, 3])),
+        **dict.fromkeys(['l', 'large'], dict(stem_hidden_dim=64, embed_dims=[96, 192, 384, 512], depths=[3, 6, 21, 3],
+                                             num_heads=[3, 6, 12, 16], mlp_ratios=[8, 8, 4, 3])),
     }
-    arch_settings.update(small=arch_settings['s'], base=arch_settings['b'], large=arch_settings['l'])
+    arch_scalar_keys = ('stem_hidden_dim', )
     num_dual_stages = 2  # stages 1-2 keep the pathways apart; stages 3-4 merge them
     min_input_size = 4 * SEMANTIC_POOL  # 28 px always gives the stride-4 map one pooling window
+    min_input_reason = 'its semantic tokens pool the stride-4 map in 7x7 windows'
 
     def __init__(self,
-                 arch='s',
+                 arch: Union[str, dict] = 's',
                  in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  out_type: str = 'featmap',
@@ -312,28 +325,15 @@ class DualViT(ConvertsCheckpoints, BaseModule):
                  with_cp: bool = False,
                  fused_attention: bool = True,
                  init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        split_init_cfg(init_cfg, type(self).__name__)  # a misspelled type fails here, not after building a detector
-        drop_path_rate = check_drop_path_rate(drop_path_rate, 'DualViT')
-        settings = resolve_arch(arch, self.arch_settings, self.arch_settings['s'].keys(), 'DualViT')
-        self.embed_dims = list(settings['embed_dims'])
-        self.depths = list(settings['depths'])
-        self.num_stages = len(self.depths)
-        if not (len(self.embed_dims) == len(settings['num_heads']) == len(settings['mlp_ratios'])
-                == self.num_stages == 4):
-            raise ValueError('DualViT: embed_dims, depths, num_heads and mlp_ratios need 4 entries each.')
+        super().__init__(arch, in_channels, out_indices, frozen_stages, drop_path_rate, with_cp, norm_eval, init_cfg)
         if out_type not in ('featmap', 'raw'):
             raise ValueError(f"DualViT: out_type must be 'featmap' or 'raw', got {out_type!r}.")
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'DualViT: frozen_stages must be in [-1, {self.num_stages}], got {frozen_stages}.')
         self.out_type = out_type
-        self.out_indices = check_out_indices(out_indices, self.num_stages, 'DualViT')
-        self.out_channels = [self.embed_dims[i] for i in self.out_indices]
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-
+        self.fused_attention = fused_attention
+        settings = self.arch_settings
         dims, c1 = self.embed_dims, self.embed_dims[0]
+        last = self.num_stages - 1
+
         # Semantic-token initialisation (official names): a learned 8x8 query cross-attends to the 7x7-pooled
         # stride-4 tokens, and an SE gate mixes the result with the pooled tokens.
         self.q = nn.Parameter(torch.zeros(QUERY_GRID * QUERY_GRID, c1))
@@ -342,14 +342,14 @@ class DualViT(ConvertsCheckpoints, BaseModule):
         self.se = nn.Sequential(nn.Linear(c1, c1), nn.ReLU(inplace=True), nn.Linear(c1, 2 * c1))
         self.proxy_ln = nn.LayerNorm(c1)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        dpr = torch.linspace(0, self.drop_path_rate, sum(self.depths)).tolist()
         for i, (dim, depth, heads, ratio) in enumerate(zip(dims, self.depths, settings['num_heads'],
                                                            settings['mlp_ratios'])):
             rates, dpr = dpr[:depth], dpr[depth:]
             if i == 0:
                 embed = Stem(in_channels, settings['stem_hidden_dim'], dim, stem_norm_cfg)
             else:
-                embed = DownSample(dims[i - 1], dim)
+                embed = Downsample(dims[i - 1], dim)
                 self.add_module(f'proxy_embed{i + 1}', SemanticEmbed(dims[i - 1], dim))
             if i < self.num_dual_stages:
                 blocks = [DualBlock(dim, heads, ratio, rates[j], fused_attention) for j in range(depth)]
@@ -357,24 +357,34 @@ class DualViT(ConvertsCheckpoints, BaseModule):
                 # stage 3 alternates MLP ratios r, r-1, r, ... (official recipe)
                 blocks = [
                     MergeBlock(dim, heads, ratio - 1 if (i == 2 and j % 2 == 1) else ratio, rates[j],
-                               drop_semantics=(out_type == 'featmap' and i == self.num_stages - 1
-                                               and j == depth - 1),
+                               drop_semantics=(out_type == 'featmap' and i == last and j == depth - 1),
                                fused=fused_attention) for j in range(depth)
                 ]
             self.add_module(f'patch_embed{i + 1}', embed)
             self.add_module(f'block{i + 1}', nn.ModuleList(blocks))
             # The classifier path normalises the last stage in its head (official key ``norm4``).
-            if not (out_type == 'raw' and i == self.num_stages - 1):
+            if not (out_type == 'raw' and i == last):
                 self.add_module(f'norm{i + 1}', _block_norm(dim))
-            if i < self.num_stages - 1:
+            if i < last:
                 self.add_module(f'norm_proxy{i + 1}', _block_norm(dim))
         self._freeze_stages()
 
-    # ------------------------------------------------------------------ init and checkpoints
-    def init_weights(self):
-        """Official random init, then the init_cfg entries; ``Pretrained`` ones load strictly (see ``init_cfg``)."""
-        init_weights_strictly(self, self._official_init, super().init_weights)
+    def _check_arch(self, settings: dict) -> None:
+        super()._check_arch(settings)
+        if len(settings['depths']) != 4:
+            raise ValueError(f"DualViT: arch lists need 4 entries each (2 dual and 2 merged stages), got "
+                             f"{len(settings['depths'])}.")
+        for i, (dim, heads) in enumerate(zip(settings['embed_dims'], settings['num_heads'])):
+            if dim % heads:
+                raise ValueError(f"DualViT: arch['num_heads'][{i}] = {heads} does not divide arch['embed_dims'][{i}] "
+                                 f'= {dim}; use a head count that divides the width (the official archs use 32 '
+                                 f'channels per head).')
+        ratio, dim = settings['mlp_ratios'][2], settings['embed_dims'][2]
+        if settings['depths'][2] > 1 and int(dim * (ratio - 1)) < 1:
+            raise ValueError(f"DualViT: arch['mlp_ratios'][2] = {ratio!r} gives stage 3's odd blocks (ratio r - 1) a "
+                             f'hidden width of 0; use a ratio above 1 + 1/{dim} (the official archs use 4).')
 
+    # ------------------------------------------------------------------ init and checkpoints
     def _official_init(self):
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -421,24 +431,16 @@ class DualViT(ConvertsCheckpoints, BaseModule):
         return tuple(unused)
 
     # ------------------------------------------------------------------ freezing
-    def _stage_modules(self, i: int) -> List[nn.Module]:
-        names = [f'patch_embed{i + 1}', f'block{i + 1}', f'norm{i + 1}', f'norm_proxy{i + 1}', f'proxy_embed{i + 1}']
+    def _stem_modules(self) -> List[nn.Module]:
+        return [self.patch_embed1]
+
+    def _stage_modules(self, i: int) -> list:
+        names = [f'block{i + 1}', f'norm{i + 1}', f'norm_proxy{i + 1}']
         if i == 0:
-            names += ['q_embed', 'kv', 'se', 'proxy_ln']
-        return [getattr(self, n, None) for n in names]
-
-    def _freeze_stages(self):
-        for i in range(self.frozen_stages):
-            freeze(self._stage_modules(i), [self.q] if i == 0 else [])
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
+            names += ['q', 'q_embed', 'kv', 'se', 'proxy_ln']
+        else:
+            names += [f'patch_embed{i + 1}', f'proxy_embed{i + 1}']
+        return [getattr(self, n, None) for n in names]  # the last stage has no norm_proxy (nor norm4 when raw)
 
     # ------------------------------------------------------------------ forward
     def _initial_semantics(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -457,17 +459,30 @@ class DualViT(ConvertsCheckpoints, BaseModule):
             query = _resize_grid(query, grid)[0].flatten(1).t()
         k, v = self.kv(pooled).chunk(2, dim=-1)
         query = self.q_embed(query).expand(x.shape[0], -1, -1)
-        attended = F.scaled_dot_product_attention(query, k, v)  # single head, scale C1^-0.5
+        attended = attention(query, k, v, self.fused_attention)  # single head, scale C1^-0.5
         candidates = torch.stack([attended, pooled], dim=2)  # (B, M, 2, C)
         gate = self.se(candidates.sum(2).mean(1)).view(-1, 1, 2, candidates.shape[-1]).softmax(dim=2)
         return self.proxy_ln((candidates * gate).sum(2))
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Return the maps of ``out_indices`` as NCHW tensors (strides 4, 8, 16, 32)."""
-        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
-            raise ValueError(f'DualViT needs inputs of at least {self.min_input_size}x{self.min_input_size} '
-                             f'pixels (its semantic tokens pool the stride-4 map in 7x7 windows); got '
-                             f'{tuple(x.shape[-2:])}. Resize or pad the input.')
+    def _dual_stage(self, i: int, x: torch.Tensor, semantics: torch.Tensor, hw: Tuple[int, int]):
+        """Stages 1-2: the blocks update the pixel and the semantic tokens side by side."""
+        for block in getattr(self, f'block{i + 1}'):
+            x, semantics = checkpointed(block, self.with_cp, x, semantics, hw)
+        return x, semantics
+
+    def _merged_stage(self, i: int, x: torch.Tensor, semantics: torch.Tensor, hw: Tuple[int, int]):
+        """Stages 3-4: the blocks run over ``[pixels; semantics]``, split again at the end (the dense model's last
+        block drops the semantic tokens, which then come back empty)."""
+        x = torch.cat([x, semantics], dim=1)
+        for block in getattr(self, f'block{i + 1}'):
+            x = checkpointed(block, self.with_cp, x, hw)
+        num_pixels = hw[0] * hw[1]
+        return x[:, :num_pixels], x[:, num_pixels:]
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        """Return the outputs of ``out_indices``: NCHW maps (strides 4, 8, 16, 32), except that with
+        ``out_type='raw'`` the last stage gives its unnormalised ``(pixel tokens, semantic tokens)``."""
+        self._check_input(x)
         outs = []
         semantics = None
         for i in range(self.num_stages):
@@ -476,24 +491,16 @@ class DualViT(ConvertsCheckpoints, BaseModule):
                 semantics = self._initial_semantics(x, hw)
             else:
                 semantics = getattr(self, f'proxy_embed{i + 1}')(semantics)
-            if i < self.num_dual_stages:
-                for block in getattr(self, f'block{i + 1}'):
-                    x, semantics = checkpointed(block, self.with_cp, x, semantics, hw)
+            run_blocks = self._dual_stage if i < self.num_dual_stages else self._merged_stage
+            x, semantics = run_blocks(i, x, semantics, hw)
+            if self.out_type == 'raw' and i == self.num_stages - 1:
+                out = (x, semantics)  # for DualViTClsHead, which owns the final norm
             else:
-                x = torch.cat([x, semantics], dim=1)
-                for block in getattr(self, f'block{i + 1}'):
-                    x = checkpointed(block, self.with_cp, x, hw)
-                x, semantics = x[:, :hw[0] * hw[1]], x[:, hw[0] * hw[1]:]
-            if i == self.num_stages - 1:
-                if self.out_type == 'raw':
-                    if i in self.out_indices:
-                        outs.append((x, semantics))
-                    break
-            else:
-                semantics = getattr(self, f'norm_proxy{i + 1}')(semantics)
-            x = _tokens_to_map(getattr(self, f'norm{i + 1}')(x), hw)
+                x = out = _tokens_to_map(getattr(self, f'norm{i + 1}')(x), hw).contiguous()
+                if i < self.num_stages - 1:
+                    semantics = getattr(self, f'norm_proxy{i + 1}')(semantics)
             if i in self.out_indices:
-                outs.append(x.contiguous())
+                outs.append(out)
         return tuple(outs)
 
 

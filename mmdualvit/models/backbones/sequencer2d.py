@@ -8,12 +8,12 @@ the downsampling conv being the last entry of the preceding stage), so official 
 names are converted by :meth:`Sequencer2D.convert_checkpoint`, which every load of the model runs.
 
 The official stages run at strides 7/14/14/14. Detection and segmentation necks expect 4/8/16/32, so the
-``pyramid`` argument resamples the stage outputs onto that grid (see :class:`Sequencer2D`).
+default ``pyramid='resample'`` resamples the stage outputs onto that grid (see :class:`Sequencer2D`).
 """
 import math
 import re
 from collections import Counter, OrderedDict
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ...checkpoint import init_weights_strictly, split_init_cfg
 from ...registry import MODELS
-from ..utils import ConvertsCheckpoints, check_drop_path_rate, check_out_indices, checkpointed, freeze, resolve_arch
+from ..utils import checkpointed
+from .base import BaseBackbone
 
 NORM_EPS = 1e-6
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -117,12 +117,14 @@ class Stem(nn.Module):
 
 
 @MODELS.register_module()
-class Sequencer2D(ConvertsCheckpoints, BaseModule):
+class Sequencer2D(BaseBackbone):
     """Sequencer2D backbone (`paper <https://arxiv.org/abs/2205.01972>`_).
 
     Args:
         arch (str | dict): ``'s'``, ``'m'``, ``'l'`` (or ``'small'``, ``'medium'``, ``'large'``), or a dict with
-            the keys of :attr:`arch_settings` entries. Defaults to ``'s'``.
+            the keys of the :attr:`arch_zoo` entries, one entry per stage each: ``depths``, ``patch_sizes`` (the
+            stem's and each downsampling conv's kernel = stride), ``embed_dims``, ``hidden_sizes`` (LSTM hidden
+            size) and ``mlp_ratios``. Every value is checked when the model is built. Defaults to ``'s'``.
         in_channels (int): Input channels. Defaults to 3.
         out_indices (Sequence[int]): Stages to return. Defaults to ``(0, 1, 2, 3)``.
         pyramid (str): How stage outputs are returned.
@@ -133,19 +135,25 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
             - ``'resample'`` (default): parameter-free. The input is zero-padded bottom/right (as mmdet pads) so
               no pixel is floored away, the last stage is normalised with the pretrained ``norm``, and every
               stage is bilinearly resampled (antialiased when shrinking) with exact stride geometry to strides
-              4/8/16/32: output i is ceil(H/s) x ceil(W/s) for s = 4, 8, 16, 32 of the given input.
-            - ``'learned'``: ``'resample'`` followed by a residual 3x3 conv per level, zero-initialised so that
-              training starts exactly from ``'resample'`` (parameters ``pyramid_adapters.*``, not in ImageNet
-              checkpoints).
+              4/8/16/32: output i is ceil(H/s) x ceil(W/s) for s = 4, 8, 16, 32 of the given input. Needs 4
+              stages.
         drop_path_rate (float): Stochastic depth in [0, 1) with the official linear per-block rule
             ``rate * index / (num_blocks - 1)`` (timm uses one rate for all blocks).
-        frozen_stages (int): Stages to freeze, -1 for none.
+        frozen_stages (int): What to freeze (eval mode, ``requires_grad=False``, kept so on every ``train()``),
+            as mmdet's ResNet and Swin: ``-1`` nothing (default); ``0`` the stem (``stem``, the stride-7 patch
+            embedding); ``k`` in 1-4 the stem and stages 1..k, each stage with the downsampling conv that starts
+            it (stored as ``blocks.{i-1}.{n}.down``, the official layout) and the last stage with the final
+            ``norm``.
         with_cp (bool): Gradient checkpointing per block.
         init_cfg (dict | list[dict], optional): Any form mmengine accepts. ``Pretrained`` entries load official,
             timm or converted checkpoints through :func:`mmdualvit.checkpoint.load_pretrained`, which refuses
             partial loads; other entries apply after the official random init. Unknown types are errors.
 
     There is no ``norm_eval``: the model has LayerNorms only, no BatchNorm for it to act on.
+
+    Inputs are float batches (B, in_channels, H, W) in the weights' dtype (any float dtype but float64 under
+    ``torch.autocast``), of at least 14x14 pixels with ``pyramid='native'``; anything else is refused with a
+    message saying what to pass.
 
     Examples:
         >>> import torch
@@ -155,17 +163,16 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
         [(1, 192, 25, 33), (1, 384, 13, 17), (1, 384, 7, 9), (1, 384, 4, 5)]
     """
     _common = dict(patch_sizes=[7, 2, 1, 1], embed_dims=[192, 384, 384, 384], hidden_sizes=[48, 96, 96, 96],
-                   mlp_ratio=3.0)
-    arch_settings = {
-        's': dict(layers=[4, 3, 8, 3], **_common),
-        'm': dict(layers=[4, 3, 14, 3], **_common),
-        'l': dict(layers=[8, 8, 16, 4], **_common),
+                   mlp_ratios=[3, 3, 3, 3])
+    arch_zoo = {
+        **dict.fromkeys(['s', 'small'], dict(depths=[4, 3, 8, 3], **_common)),
+        **dict.fromkeys(['m', 'medium'], dict(depths=[4, 3, 14, 3], **_common)),
+        **dict.fromkeys(['l', 'large'], dict(depths=[8, 8, 16, 4], **_common)),
     }
-    arch_settings.update(small=arch_settings['s'], medium=arch_settings['m'], large=arch_settings['l'])
-    pyramid_modes = ('native', 'resample', 'learned')
+    pyramid_modes = ('native', 'resample')
 
     def __init__(self,
-                 arch='s',
+                 arch: Union[str, dict] = 's',
                  in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  pyramid: str = 'resample',
@@ -173,35 +180,27 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        split_init_cfg(init_cfg, type(self).__name__)  # a misspelled type fails here, not after building a detector
-        drop_path_rate = check_drop_path_rate(drop_path_rate, 'Sequencer2D')
-        settings = resolve_arch(arch, self.arch_settings, self._common.keys() | {'layers'}, 'Sequencer2D')
-        self.layers = list(settings['layers'])
-        self.num_stages = len(self.layers)
-        dims, patch_sizes = settings['embed_dims'], settings['patch_sizes']
-        if not len(dims) == len(patch_sizes) == len(settings['hidden_sizes']) == self.num_stages:
-            raise ValueError('Sequencer2D: layers, patch_sizes, embed_dims and hidden_sizes need equal lengths.')
+        super().__init__(arch, in_channels, out_indices, frozen_stages, drop_path_rate, with_cp, init_cfg=init_cfg)
         if pyramid not in self.pyramid_modes:
             raise ValueError(f'Sequencer2D: pyramid must be one of {self.pyramid_modes}, got {pyramid!r}.')
         if pyramid != 'native' and self.num_stages != len(PYRAMID_STRIDES):
             raise ValueError(f"Sequencer2D: pyramid={pyramid!r} needs 4 stages; use pyramid='native'.")
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'Sequencer2D: frozen_stages must be in [-1, {self.num_stages}], got {frozen_stages}.')
         self.pyramid = pyramid
-        self.out_indices = check_out_indices(out_indices, self.num_stages, 'Sequencer2D')
-        self.out_channels = [dims[i] for i in self.out_indices]
+        settings = self.arch_settings
+        dims, patch_sizes = self.embed_dims, settings['patch_sizes']
         self.native_strides = [math.prod(patch_sizes[:i + 1]) for i in range(self.num_stages)]
-        self.frozen_stages = frozen_stages
-        self.with_cp = with_cp
+        if pyramid == 'native':
+            self.min_input_size = self.native_strides[-1]
+            self.min_input_reason = (f"pyramid='native' floors the input to the stride-{self.native_strides[-1]} "
+                                     f"grid of its last stage; pyramid='resample' pads instead")
 
         self.stem = Stem(in_channels, dims[0], patch_sizes[0])
-        total = sum(self.layers)
+        total = sum(self.depths)
         stages, start = [], 0
-        for i, depth in enumerate(self.layers):
+        for i, depth in enumerate(self.depths):
             stage = [
-                Sequencer2DBlock(dims[i], settings['hidden_sizes'][i], settings['mlp_ratio'],
-                                 drop_path_rate * (start + j) / max(total - 1, 1)) for j in range(depth)
+                Sequencer2DBlock(dims[i], settings['hidden_sizes'][i], settings['mlp_ratios'][i],
+                                 self.drop_path_rate * (start + j) / max(total - 1, 1)) for j in range(depth)
             ]
             if i < self.num_stages - 1:  # official layout: the next stage's downsampling closes this stage
                 stage.append(Downsample(dims[i], dims[i + 1], patch_sizes[i + 1]))
@@ -209,21 +208,10 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
             start += depth
         self.blocks = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(dims[-1], eps=NORM_EPS)
-        if pyramid == 'learned':
-            self.pyramid_adapters = nn.ModuleList(nn.Conv2d(dims[i], dims[i], 3, padding=1) for i in self.out_indices)
-            for conv in self.pyramid_adapters:
-                nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
         self._freeze_stages()
-
-    def init_weights(self):
-        """Official random init, then the init_cfg entries; ``Pretrained`` ones load strictly (see ``init_cfg``)."""
-        init_weights_strictly(self, self._official_init, super().init_weights)
 
     def _official_init(self):
         for name, module in self.named_modules():
-            if name.startswith('pyramid_adapters'):
-                continue  # zero init: start as the parameter-free pyramid
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.normal_(module.bias, std=1e-6) if 'mlp' in name else nn.init.zeros_(module.bias)
@@ -274,31 +262,22 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
         """The ImageNet classifier."""
         return ('head.', )
 
-    def checkpoint_new_prefixes(self):
-        """The ``pyramid='learned'`` adapters."""
-        return ('pyramid_adapters.', )
+    def _stem_modules(self) -> List[nn.Module]:
+        return [self.stem]
 
     def _stage_modules(self, i: int) -> List[nn.Module]:
-        modules = list(self.blocks[i][:self.layers[i]])
-        modules.append(self.stem if i == 0 else self.blocks[i - 1][-1])
+        modules = list(self.blocks[i][:self.depths[i]])
+        if i > 0:
+            modules.append(self.blocks[i - 1][-1])  # the downsampling conv that starts stage i
         if i == self.num_stages - 1:
             modules.append(self.norm)
         return modules
-
-    def _freeze_stages(self):
-        for i in range(self.frozen_stages):
-            freeze(self._stage_modules(i))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        return self
 
     def forward_native(self, x: torch.Tensor) -> List[torch.Tensor]:
         """All stage outputs as NHWC tensors at the native strides, unnormalised (the official layout)."""
         x = self.stem(x)
         outs = []
-        for i, depth in enumerate(self.layers):
+        for i, depth in enumerate(self.depths):
             if i > 0:
                 x = self.blocks[i - 1][-1](x)
             for block in self.blocks[i][:depth]:
@@ -308,11 +287,9 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
 
     def forward(self, x: torch.Tensor):
         """Return the maps of ``out_indices`` as NCHW tensors (see ``pyramid`` for strides and sizes)."""
+        self._check_input(x)
         height, width = x.shape[-2:]
         if self.pyramid == 'native':
-            if height < self.native_strides[-1] or width < self.native_strides[-1]:
-                raise ValueError(f'Sequencer2D needs inputs of at least {self.native_strides[-1]} pixels per side, '
-                                 f'got {tuple(x.shape[-2:])}.')
             outs = self.forward_native(x)
             return tuple(outs[i].permute(0, 3, 1, 2) for i in self.out_indices)
 
@@ -324,7 +301,7 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
         native = self.forward_native(x)
         native[-1] = self.norm(native[-1])
         outs = []
-        for k, i in enumerate(self.out_indices):
+        for i in self.out_indices:
             level = native[i].permute(0, 3, 1, 2)
             scale = self.native_strides[i] / PYRAMID_STRIDES[i]
             size = (math.ceil(height / PYRAMID_STRIDES[i]), math.ceil(width / PYRAMID_STRIDES[i]))
@@ -333,7 +310,5 @@ class Sequencer2D(ConvertsCheckpoints, BaseModule):
             level = F.interpolate(level.float(), scale_factor=scale, mode='bilinear', align_corners=False,
                                   recompute_scale_factor=False,
                                   antialias=scale < 1)[..., :size[0], :size[1]].to(level.dtype)
-            if self.pyramid == 'learned':
-                level = level + self.pyramid_adapters[k](level)
             outs.append(level)
         return tuple(outs)
