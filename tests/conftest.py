@@ -1,12 +1,30 @@
-"""Test-suite setup: skip ``cuda`` tests without a GPU.
+"""Test-suite setup: skip ``cuda`` tests without a GPU; the session's reference weights.
 
 ``tests`` is a package, so shared helpers are imported as ``tests.utils`` and shadow no other ``utils`` module.
 """
+import pytest
+
+
+@pytest.fixture(scope='session')
+def reference_weights():
+    """``reference_weights(name)``: the synthetic weights of tests/data/refweights.py under the official key names
+    of ``name`` (e.g. ``'dualvit_s'``), built once per test run.
+
+    Returns a fresh dict each call; its tensors are shared by every test, so never modify them in place.
+    """
+    from tests.utils import make_state_dict, official_keys
+    built = {}
+
+    def get(name: str) -> dict:
+        if name not in built:
+            built[name] = make_state_dict(official_keys(name))
+        return dict(built[name])
+
+    return get
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip ``cuda``-marked tests on machines without a CUDA device, saying how to run them."""
-    import pytest
     import torch
     if torch.cuda.is_available():
         return

@@ -40,8 +40,8 @@ def _kernel_names(fn):
 
 @pytest.mark.parametrize('name,build', [('dualvit_s', lambda: DualViT('s')),
                                         ('sequencer2d_s', lambda: Sequencer2D('s', pyramid='native'))])
-def test_backbone_on_cuda_matches_cpu_reference(name, build, no_tf32):
-    model = load_reference_weights(build(), name).eval().cuda()
+def test_backbone_on_cuda_matches_cpu_reference(name, build, no_tf32, reference_weights):
+    model = load_reference_weights(build(), reference_weights(name)).eval().cuda()
     ref = reference_features(name)
     for input_name in ('in160x256',) if name == 'dualvit_s' else ('in196x252',):
         with torch.no_grad():

@@ -1,5 +1,5 @@
-"""Helpers shared by the backbone tests: official key lists, reference weights/inputs/outputs and the
-reference tolerance check of tests/data (see the README of the reference data, "Recommended check")."""
+"""Helpers shared by the tests: official key lists, reference inputs/outputs and the reference tolerance check of
+tests/data (the reference weights themselves come from the session fixture ``reference_weights`` in conftest.py)."""
 import functools
 import importlib.util
 import json
@@ -46,21 +46,11 @@ def _official_keys(model_name):
         return json.load(f)
 
 
-@functools.lru_cache(maxsize=2)
-def _reference_state_dict(model_name):
-    return _refweights.make_state_dict(_official_keys(model_name))
-
-
-def reference_state_dict(model_name: str) -> dict:
-    """Synthetic weights under the official key names (a fresh dict; the tensors are shared, do not modify them)."""
-    return dict(_reference_state_dict(model_name))
-
-
-def load_reference_weights(model: torch.nn.Module, model_name: str) -> torch.nn.Module:
-    """Load the synthetic official weights restricted to the model's keys, strictly (no missing key allowed)."""
-    sd = reference_state_dict(model_name)
+def load_reference_weights(model: torch.nn.Module, state_dict: dict) -> torch.nn.Module:
+    """Load ``state_dict`` (the ``reference_weights`` fixture's) restricted to the model's keys, strictly (no
+    missing key allowed)."""
     own = model.state_dict()
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=True)
     return model
 
 
