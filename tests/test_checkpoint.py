@@ -119,14 +119,6 @@ def test_dualvit_converter_is_idempotent(dualvit_s_sd):
     assert DualViT.convert_checkpoint(once) == once
 
 
-def test_learned_pyramid_adapters_are_reported_not_missing(tmp_path, seq_s_sd, capsys):
-    torch.save(seq_s_sd, tmp_path / 's.pth')
-    model = Sequencer2D(arch='s', pyramid='learned')
-    summary = load_backbone_checkpoint(model, str(tmp_path / 's.pth'))
-    assert sorted(summary['new']) == sorted(f'pyramid_adapters.{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
-    assert summary['unused'] == ['head.weight', 'head.bias']
-
-
 def test_query_from_384_training_loads_and_runs(tmp_path, dualvit_s_sd):
     sd = dict(dualvit_s_sd)
     grid = sd['q'].reshape(8, 8, -1).permute(2, 0, 1)[None]
@@ -318,8 +310,7 @@ def test_official_files_load_through_init_cfg_of_full_configs(tmp_path, name, co
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     model.init_weights()
     for key, value in model.backbone.state_dict().items():
-        if not key.startswith('pyramid_adapters.'):
-            assert torch.equal(value, sd[key]), key
+        assert torch.equal(value, sd[key]), key
 
 
 # ------------------------------------------------------------------------------------------------ ownership

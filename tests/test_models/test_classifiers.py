@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from tests.utils import assert_matches, official_dualvit_file, reference_features, reference_input, reference_state_dict
+from tests.utils import assert_matches, official_dualvit_file, reference_features, reference_input
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ['dualvit_s', 'dualvit_b', 'dualvit_l', 'sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l']
@@ -26,9 +26,9 @@ def build_classifier(name):
 
 
 @pytest.mark.parametrize('name', MODELS)
-def test_official_checkpoint_gives_official_logits(name):
+def test_official_checkpoint_gives_official_logits(name, reference_weights):
     model = build_classifier(name)
-    model.load_state_dict(reference_state_dict(name), strict=True)  # official names, converted on load
+    model.load_state_dict(reference_weights(name), strict=True)  # official names, converted on load
     model.eval()
     x = reference_input('cls224_logits')
     with torch.no_grad():
@@ -37,9 +37,9 @@ def test_official_checkpoint_gives_official_logits(name):
     assert_matches(logits, reference_features(name)['cls224_logits'], f'{name} logits')
 
 
-def test_logits_check_can_fail():
+def test_logits_check_can_fail(reference_weights):
     model = build_classifier('sequencer2d_s')
-    model.load_state_dict(reference_state_dict('sequencer2d_s'), strict=True)
+    model.load_state_dict(reference_weights('sequencer2d_s'), strict=True)
     for module in model.modules():  # every LayerNorm eps 1e-6 -> 1e-5: a slip the reference check must catch
         if isinstance(module, torch.nn.LayerNorm):
             module.eps = 1e-5
@@ -51,7 +51,7 @@ def test_logits_check_can_fail():
 
 
 @pytest.mark.slow
-def test_tools_test_reports_top1_for_official_dualvit_file(tmp_path):
+def test_tools_test_reports_top1_for_official_dualvit_file(tmp_path, reference_weights):
     """tools/test.py CONFIG official-checkpoint-309.pth.tar -> top-1 on an ImageNet-layout folder."""
     import cv2
     (tmp_path / 'val').mkdir()
@@ -63,7 +63,7 @@ def test_tools_test_reports_top1_for_official_dualvit_file(tmp_path):
         lines.append(f'{i}.png {i}')
     (tmp_path / 'meta' / 'val.txt').write_text('\n'.join(lines) + '\n')
     checkpoint = official_dualvit_file(tmp_path / 'checkpoint-309.pth.tar', {
-        'epoch': 309, 'state_dict': reference_state_dict('dualvit_s'), 'version': 2,
+        'epoch': 309, 'state_dict': reference_weights('dualvit_s'), 'version': 2,
         'args': argparse.Namespace(model='dualvit_s'), 'metric': 84.1})
     proc = subprocess.run(
         [sys.executable, str(REPO / 'tools' / 'test.py'), str(REPO / 'configs' / 'imagenet_dualvit_s.py'),

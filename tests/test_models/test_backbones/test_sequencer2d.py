@@ -7,11 +7,10 @@ import torch.nn as nn
 
 import mmdualvit  # noqa: F401  (registers the models)
 from mmdualvit.models import Sequencer2D
-from tests.utils import (assert_matches, grads_and_outputs, load_reference_weights, matches, official_keys,
-                   reference_features, reference_input, stored_inputs)
+from tests.utils import (assert_matches, load_reference_weights, matches, official_keys, reference_features,
+                         reference_input, stored_inputs)
 
-LAYERS = {'s': [4, 3, 8, 3], 'm': [4, 3, 14, 3], 'l': [8, 8, 16, 4]}
-ALIASES = {'small': 's', 'medium': 'm', 'large': 'l'}
+DEPTHS = {'s': [4, 3, 8, 3], 'm': [4, 3, 14, 3], 'l': [8, 8, 16, 4]}
 CHANNELS = [192, 384, 384, 384]
 PYRAMID_STRIDES = [4, 8, 16, 32]
 CLASSIFIER_ONLY = {'head.weight', 'head.bias'}
@@ -29,68 +28,30 @@ def _backbone_spec(arch):
     return {k: shape for k, (shape, _) in official_keys(_name(arch)).items() if k not in CLASSIFIER_ONLY}
 
 
-def _reference_model(arch='s', **kwargs):
-    return load_reference_weights(Sequencer2D(arch=arch, **kwargs), _name(arch)).eval()
+def _reference_model(reference_weights, arch='s', **kwargs):
+    return load_reference_weights(Sequencer2D(arch=arch, **kwargs), reference_weights(_name(arch))).eval()
 
 
 # ---------------------------------------------------------------------------------------------- arch table
-@pytest.mark.parametrize('arch', ['s', 'small', 'm', 'medium', 'l', 'large', 'M'])
-def test_arch_names(arch):
-    key = ALIASES.get(arch.lower(), arch.lower())
-    model = Sequencer2D(arch=arch)
-    assert model.layers == LAYERS[key]
-    assert model.out_channels == CHANNELS
-    assert model.native_strides == [7, 14, 14, 14]
-    assert [len(stage) for stage in model.blocks] == [n + 1 for n in LAYERS[key][:3]] + [LAYERS[key][3]]
+# (arch names, arch checks, arguments, freezing, with_cp and registries: test_contract.py)
+@pytest.mark.parametrize('arch', ['s', 'm', 'l'])
+def test_native_strides(arch):
+    assert Sequencer2D(arch=arch).native_strides == [7, 14, 14, 14]
 
 
-def test_unknown_arch_name():
-    with pytest.raises(ValueError, match='xl'):
-        Sequencer2D(arch='xl')
+TINY = dict(depths=[1, 1, 1, 1], patch_sizes=[7, 2, 1, 1], embed_dims=[16, 24, 24, 32], hidden_sizes=[4, 6, 6, 8],
+            mlp_ratios=[2, 2, 2, 2])
 
 
-TINY = dict(layers=[1, 1, 1, 1], patch_sizes=[7, 2, 1, 1], embed_dims=[16, 24, 24, 32], hidden_sizes=[4, 6, 6, 8],
-            mlp_ratio=2.0)
-
-
-def test_custom_arch_dict():
-    model = Sequencer2D(arch=dict(TINY), pyramid='native').eval()
-    assert model.out_channels == [16, 24, 24, 32]
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, 56, 70))
-    assert [tuple(o.shape) for o in outs] == [(1, 16, 8, 10), (1, 24, 4, 5), (1, 24, 4, 5), (1, 32, 4, 5)]
-
-
-def test_custom_arch_dict_errors():
-    with pytest.raises(ValueError, match='hidden_sizes'):
-        Sequencer2D(arch={k: v for k, v in TINY.items() if k != 'hidden_sizes'})
-    with pytest.raises(ValueError, match='union'):
-        Sequencer2D(arch=dict(TINY, union='cat'))
-    with pytest.raises(ValueError):
-        Sequencer2D(arch=dict(TINY, layers=[1, 1, 1]))
-    with pytest.raises(TypeError):
-        Sequencer2D(arch=['s'])
-
-
-@pytest.mark.parametrize('pyramid', ['fpn', 'Native', None])
+@pytest.mark.parametrize('pyramid', ['fpn', 'Native', None, 'learned'])
 def test_bad_pyramid(pyramid):
-    with pytest.raises(ValueError, match='pyramid'):
-        Sequencer2D(arch='s', pyramid=pyramid)
-
-
-@pytest.mark.parametrize('kwargs', [
-    dict(frozen_stages=5),
-    dict(frozen_stages=-2),
-    dict(out_indices=(4, )),
-    dict(out_indices=(1, 1)),
-])
-def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        Sequencer2D(arch='s', **kwargs)
+    with pytest.raises(ValueError, match=r"Sequencer2D: pyramid must be one of \('native', 'resample'\), got "):
+        Sequencer2D(arch=TINY, pyramid=pyramid)
 
 
 def test_pyramid_needs_four_stages():
-    three = dict(TINY, layers=[1, 1, 1], patch_sizes=[7, 2, 1], embed_dims=[16, 24, 24], hidden_sizes=[4, 6, 6])
+    three = dict(TINY, depths=[1, 1, 1], patch_sizes=[7, 2, 1], embed_dims=[16, 24, 24], hidden_sizes=[4, 6, 6],
+                 mlp_ratios=[2, 2, 2])
     assert Sequencer2D(arch=three, pyramid='native', out_indices=(0, 1, 2)).num_stages == 3
     with pytest.raises(ValueError, match='native'):
         Sequencer2D(arch=three, pyramid='resample', out_indices=(0, 1, 2))
@@ -107,21 +68,10 @@ def test_state_dict_matches_official_keys(arch, pyramid):
     assert all(sd[k].dtype == torch.float32 for k in sd)
 
 
-@pytest.mark.parametrize('arch', ['s', 'm', 'l'])
-def test_learned_pyramid_adds_only_adapters(arch):
-    sd = Sequencer2D(arch=arch, pyramid='learned').state_dict()
-    expected = dict(_backbone_spec(arch))
-    for i, c in enumerate(CHANNELS):
-        expected[f'pyramid_adapters.{i}.weight'] = [c, c, 3, 3]
-        expected[f'pyramid_adapters.{i}.bias'] = [c]
-    assert _shapes(sd) == expected
-    assert all(not sd[f'pyramid_adapters.{i}.{p}'].any() for i in range(4) for p in ('weight', 'bias'))
-
-
 # ---------------------------------------------------------------------------------------------- reference outputs
 @pytest.fixture(scope='module', params=['s', 'm', 'l'])
-def native_model(request):
-    return request.param, _reference_model(request.param, pyramid='native')
+def native_model(request, reference_weights):
+    return request.param, _reference_model(reference_weights, request.param, pyramid='native')
 
 
 def test_reference_inputs_cover_all_stored_arrays():
@@ -145,11 +95,11 @@ def test_reference_outputs(native_model):
         assert_matches(normed, ref[f'{name}_out3_norm'], f'{arch} {name} out3_norm')
 
 
-def test_reference_negative_control():
+def test_reference_negative_control(reference_weights):
     """The check catches LayerNorm eps 1e-5 instead of 1e-6 (a slip the README lists)."""
-    model = _reference_model('s', pyramid='native')
+    model = _reference_model(reference_weights, 's', pyramid='native')
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
-    assert len(norms) == 2 * sum(LAYERS['s']) + 1 and all(m.eps == 1e-6 for m in norms)
+    assert len(norms) == 2 * sum(DEPTHS['s']) + 1 and all(m.eps == 1e-6 for m in norms)
     for m in norms:
         m.eps = 1e-5
     ref = reference_features('sequencer2d_s')
@@ -162,8 +112,8 @@ def test_reference_negative_control():
 
 
 # ---------------------------------------------------------------------------------------------- output sizes
-def test_native_sizes():
-    model = _reference_model('s', pyramid='native')
+def test_native_sizes(reference_weights):
+    model = _reference_model(reference_weights, 's', pyramid='native')
     with torch.no_grad():
         outs = model(torch.randn(2, 3, 97, 131))
     h0, w0 = 97 // 7, 131 // 7
@@ -174,7 +124,9 @@ def test_native_sizes():
 
 def test_native_minimum_size():
     model = Sequencer2D(arch=dict(TINY), pyramid='native').eval()
-    with pytest.raises(ValueError, match='14'):
+    with pytest.raises(ValueError, match=r"Sequencer2D needs inputs of at least 14x14 pixels \(pyramid='native' "
+                       r"floors the input to the stride-14 grid of its last stage; pyramid='resample' pads instead\); "
+                       r'got \(13, 64\)'):
         model(torch.randn(1, 3, 13, 64))
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 14, 14))
@@ -186,10 +138,9 @@ def _pyramid_shapes(batch, height, width, indices=(0, 1, 2, 3)):
             for i in indices]
 
 
-@pytest.mark.parametrize('pyramid', ['resample', 'learned'])
 @pytest.mark.parametrize('size', [(97, 131), (224, 224), pytest.param((800, 1344), marks=pytest.mark.slow)])
-def test_pyramid_sizes(pyramid, size):
-    model = Sequencer2D(arch='s', pyramid=pyramid).eval()
+def test_pyramid_sizes(size):
+    model = Sequencer2D(arch='s').eval()
     assert model.out_channels == CHANNELS
     with torch.no_grad():
         outs = model(torch.randn(1, 3, *size))
@@ -197,31 +148,12 @@ def test_pyramid_sizes(pyramid, size):
     assert all(torch.isfinite(o).all() for o in outs)
 
 
-@pytest.mark.parametrize('pyramid', ['resample', 'learned'])
-def test_pyramid_out_indices(pyramid):
-    model = Sequencer2D(arch='s', pyramid=pyramid, out_indices=(1, 3)).eval()
+def test_pyramid_out_indices():
+    model = Sequencer2D(arch='s', out_indices=(1, 3)).eval()
     assert model.out_channels == [384, 384]
     with torch.no_grad():
         outs = model(torch.randn(2, 3, 61, 45))
     assert [tuple(o.shape) for o in outs] == _pyramid_shapes(2, 61, 45, (1, 3))
-
-
-def test_learned_equals_resample_at_init():
-    resample = _reference_model('s', pyramid='resample')
-    learned = Sequencer2D(arch='s', pyramid='learned').eval()
-    sd = dict(resample.state_dict())
-    sd.update({k: v for k, v in learned.state_dict().items() if k.startswith('pyramid_adapters.')})
-    learned.load_state_dict(sd, strict=True)
-    x = torch.randn(1, 3, 97, 131)
-    with torch.no_grad():
-        a, b = resample(x), learned(x)
-    for out_a, out_b in zip(a, b):
-        assert torch.equal(out_a, out_b)
-    # ... and the adapters are live: non-zero adapters change the output
-    with torch.no_grad():
-        learned.pyramid_adapters[0].bias.fill_(1.0)
-        c = learned(x)
-    assert not torch.equal(c[0], a[0]) and torch.equal(c[1], a[1])
 
 
 def _resample_matrix(n_in, n_out, scale):
@@ -244,11 +176,11 @@ def _resample_matrix(n_in, n_out, scale):
     return m
 
 
-def test_resample_geometry():
+def test_resample_geometry(reference_weights):
     """At 224x224 no padding is needed: level i is the native stage output (normalised for the last stage)
     resampled from stride 7/14/14/14 to 4/8/16/32 with exact geometry (cell centres at (k + 0.5) * stride)."""
-    native = _reference_model('s', pyramid='native')
-    resample = _reference_model('s', pyramid='resample')
+    native = _reference_model(reference_weights, 's', pyramid='native')
+    resample = _reference_model(reference_weights, 's', pyramid='resample')
     x = reference_input('in224x224')
     with torch.no_grad():
         outs = resample(x)
@@ -264,90 +196,21 @@ def test_resample_geometry():
 
 
 # ---------------------------------------------------------------------------------------------- training options
-def test_frozen_stages():
-    model = Sequencer2D(arch='s', frozen_stages=2).train()
-    for name, param in model.named_parameters():
-        frozen = name.startswith(('stem.', 'blocks.0.')) or any(name.startswith(f'blocks.1.{j}.') for j in range(3))
-        assert param.requires_grad != frozen, name
-    frozen_modules = [model.stem, *model.blocks[0], *model.blocks[1][:3]]
-    assert all(not m.training for module in frozen_modules for m in module.modules())
-    trainable_modules = [model.blocks[1][3], *model.blocks[2], *model.blocks[3], model.norm]
-    assert all(m.training for module in trainable_modules for m in module.modules())
-    model.train()
-    assert not model.blocks[1][0].training and not model.stem.proj.weight.requires_grad
-
-
-def test_frozen_all_stages():
-    model = Sequencer2D(arch='s', frozen_stages=4, pyramid='learned').train()
-    for name, param in model.named_parameters():
-        assert param.requires_grad == name.startswith('pyramid_adapters.'), name
-    assert not model.norm.training and model.pyramid_adapters.training
-
-
+# (frozen_stages and with_cp for both backbones: test_contract.py)
 def test_drop_path_rule():
     rate = 0.1
     model = Sequencer2D(arch='s', drop_path_rate=rate)
-    layers = LAYERS['s']
-    total = sum(layers)
-    for i, depth in enumerate(layers):
+    depths = DEPTHS['s']
+    total = sum(depths)
+    for i, depth in enumerate(depths):
         for j in range(depth):
             block = model.blocks[i][j]
-            expected = rate * (j + sum(layers[:i])) / (total - 1)
+            expected = rate * (j + sum(depths[:i])) / (total - 1)
             if i == 0 and j == 0:
                 assert isinstance(block.drop_path, nn.Identity)
             else:
                 assert block.drop_path.drop_prob == pytest.approx(expected)
-    assert model.blocks[3][layers[3] - 1].drop_path.drop_prob == pytest.approx(rate)
-
-
-@pytest.mark.parametrize('pyramid', ['resample', 'native'])
-def test_with_cp_equivalence(pyramid, monkeypatch):
-    import torch.utils.checkpoint as cp
-    calls = []
-    original = cp.checkpoint
-
-    def counting_checkpoint(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cp, 'checkpoint', counting_checkpoint)
-    plain = _reference_model('s', pyramid=pyramid)
-    ckpt = Sequencer2D(arch='s', pyramid=pyramid, with_cp=True)
-    ckpt.load_state_dict(plain.state_dict(), strict=True)
-    plain.train(), ckpt.train()
-    x = torch.randn(2, 3, 56, 84, generator=torch.Generator().manual_seed(0))
-    outs_plain, grads_plain = grads_and_outputs(plain, x)
-    assert not calls
-    outs_ckpt, grads_ckpt = grads_and_outputs(ckpt, x)
-    assert len(calls) == sum(LAYERS['s'])
-    for a, b in zip(outs_plain, outs_ckpt):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
-    trainable = {n for n, p in plain.named_parameters()}
-    if pyramid == 'native':  # the final norm is not used by the native outputs
-        trainable -= {'norm.weight', 'norm.bias'}
-    assert set(grads_plain) == set(grads_ckpt) == trainable
-    for name, grad in grads_plain.items():
-        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-6, msg=name)
-
-
-# ---------------------------------------------------------------------------------------------- registries
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_build_from_downstream_registry(scope):
-    import importlib
-
-    from mmengine.registry import DefaultScope
-    registry = importlib.import_module(f'{scope}.registry').MODELS
-    with DefaultScope.overwrite_default_scope(scope):
-        model = registry.build(dict(type='mmdualvit.Sequencer2D', arch='m', pyramid='learned', out_indices=(0, 2)))
-    assert type(model) is Sequencer2D
-    assert model.layers == LAYERS['m'] and model.pyramid == 'learned' and model.out_indices == (0, 2)
-    assert len(model.pyramid_adapters) == 2
-
-
-@pytest.mark.parametrize('rate', [1.0, 1.5, -0.1, float('nan')])
-def test_drop_path_rate_outside_unit_interval_is_an_error(rate):
-    with pytest.raises(ValueError, match=r'Sequencer2D: drop_path_rate must be in \[0, 1\), got '):
-        Sequencer2D(arch='s', drop_path_rate=rate)
+    assert model.blocks[3][depths[3] - 1].drop_path.drop_prob == pytest.approx(rate)
 
 
 def test_no_norm_eval_argument():
