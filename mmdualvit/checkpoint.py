@@ -112,6 +112,9 @@ def _read_remote(url: str, trust: bool) -> dict:
             return _read_local(local, url, trust)
     try:
         get_file_backend(url)
+    except ImportError as err:
+        raise CheckpointError(f'checkpoint {url!r}: mmengine\'s file backend for this scheme needs a client that is '
+                              f'not installed ({err}); install it, or download the file and give its path.') from None
     except (KeyError, ValueError) as err:
         raise CheckpointError(f'checkpoint {url!r}: no mmengine file backend serves this scheme ({err}); use a '
                               f'local path, an http(s)://, s3:// ... URL, or open-mmlab:// / torchvision:// '
@@ -245,9 +248,12 @@ def _check_zip_records(path: str, name: str) -> None:
 def _check_no_expanded_views(checkpoint: dict, name: str) -> None:
     """Refuse tensors that are views larger than their storage (stride 0): they expand when copied or saved."""
     for key, value in _tensors(checkpoint):
-        if value.is_meta or value.layout != torch.strided:
-            raise CheckpointError(f'checkpoint file {name!r}: tensor {key!r} has no data ({value.layout}, '
-                                  f'{"meta" if value.is_meta else value.device}); it is not a usable checkpoint.')
+        if value.is_meta:
+            raise CheckpointError(f'checkpoint file {name!r}: tensor {key!r} is a meta tensor (a shape without data);'
+                                  f' the file holds no weights. Save the model after its weights were materialised.')
+        if value.layout != torch.strided:
+            raise CheckpointError(f'checkpoint file {name!r}: tensor {key!r} has layout {value.layout}; model '
+                                  f'weights are dense tensors. Convert it with .to_dense() before saving.')
         if value.numel() * value.element_size() > value.untyped_storage().nbytes():
             raise CheckpointError(
                 f'checkpoint file {name!r}: tensor {key!r} {tuple(value.shape)} is a broadcast view of '
@@ -295,13 +301,15 @@ def _unpickler_complaint(err: Exception) -> str:
 
 def extract_state_dict(checkpoint: dict, source: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
     """Unwrap ``state_dict``/``model``/``module`` wrappers and ``module.`` prefixes; keep tensors only."""
-    state = checkpoint
+    state, where = checkpoint, 'the top level'
     while isinstance(state, dict) and not _is_tensor_dict(state):
-        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
-        if inner is None:
-            raise CheckpointError(f'{source} holds no state_dict: top-level keys are {sorted(map(str, state))[:8]}; '
-                                  f'expected tensors, or one of {WRAPPER_KEYS} holding them.')
-        state = inner
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+        if wrapper is None:
+            kinds = sorted({type(v).__name__ for v in state.values() if not torch.is_tensor(v)})
+            raise CheckpointError(f'{source} holds no state_dict: {where} has keys {sorted(map(str, state))[:8]} '
+                                  f'with values of type {kinds}; expected tensors, or one of {WRAPPER_KEYS} holding '
+                                  f'them.')
+        state, where = state[wrapper], repr(wrapper)
     if not isinstance(state, dict):
         raise CheckpointError(f'{source} holds a {type(state).__name__}, not a state_dict.')
     out = OrderedDict()
