@@ -444,27 +444,6 @@ def test_failed_conversion_leaves_no_temporary_and_says_disk_full(tmp_path, monk
 
 
 # ------------------------------------------------------------------------------------------------ remote files
-@pytest.fixture
-def http_root(tmp_path):
-    """An HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; stopped after the test (and never outlives it)."""
-    import functools
-    import http.server
-    import threading
-    root = tmp_path / 'www'
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
-    thread.start()
-    try:
-        yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 def test_pretrained_over_http(http_root):
     root, url = http_root
     source = DualViT(arch=TINY)

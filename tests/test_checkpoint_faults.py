@@ -251,25 +251,6 @@ def test_download_limits_come_from_the_environment():
     assert rc == 0 and out.strip().endswith('7.0 9.0'), out
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    import functools
-    import http.server
-    root = tmp_path / 'www'
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
-    thread.start()
-    try:
-        yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 def test_model_zoo_names_resolve_to_their_url_and_load_safely(http_root, tiny_sd, monkeypatch, tmp_path):
     from mmengine.runner import checkpoint as mm
     root, url = http_root
