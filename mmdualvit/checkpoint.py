@@ -1,37 +1,58 @@
-"""The strict loader by which ImageNet checkpoints reach a model; it knows no architecture.
+"""The one checkpoint layer: read a file safely, compare it with a model, load it strictly, convert files.
 
-It reads a file (local, or any URL an mmengine file backend serves: http(s), s3 ...), unwraps it, lets the model
-convert it, loads it strictly and reports. Conversion belongs to the model: a class with a ``convert_checkpoint``
-classmethod (see :class:`mmdualvit.models.utils.ConvertsCheckpoints`) maps official and timm names to its own, and
-may name checkpoint keys it leaves unused on purpose and tensors no checkpoint holds. Subclasses inherit all of it.
+Everything in mmdualvit that touches a checkpoint goes through here: ``init_cfg=dict(type='Pretrained', ...)`` of
+both backbones (:func:`init_weights_strictly`), ``load_from`` / ``--resume`` / ``tools/test.py`` of
+:class:`mmdualvit.engine.StrictRunner` (:func:`load_checkpoint_weights`) and the converters in
+``tools/model_converters/`` (:func:`converter_cli`). It imports no model and nothing from :mod:`mmdualvit.engine`.
 
-Used by ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of both backbones (see :func:`init_weights_strictly`)
-and by the converters in ``tools/model_converters/``. Wrappers ``state_dict`` / ``model`` / ``module``, ``module.``
-prefixes and whole detector/segmentor checkpoints (their ``backbone.`` part) are accepted. Files are read with
-``weights_only=True``; a load that would leave any parameter uninitialised is an error, never a warning.
+- :func:`read_checkpoint` is the only reader: local files, every mmengine file-backend URL (http(s) with a timeout
+  and a size limit, s3 ...), model-zoo names (``open-mmlab://``, ``torchvision://``, ``mmcls://``: resolved to their
+  URL), pickles and ``.safetensors``; pickles with ``weights_only=True`` unless the caller passes ``trust=True``
+  (the ``--trust-checkpoint`` flag, never an environment variable).
+- :func:`compare_weights` is the only key/shape/value comparison; :func:`load_pretrained` and
+  :func:`load_checkpoint_weights` word its result for their users and then load what matches, once.
+
+Conversion belongs to the models: a module with a ``convert_checkpoint`` classmethod (see
+:class:`mmdualvit.models.utils.ConvertsCheckpoints`) maps official and timm names to its own, idempotently, and may
+name checkpoint keys it leaves unused on purpose (``checkpoint_unused_prefixes``). The architecture guesses below
+(:func:`_looks_like`) only word error messages.
 """
 import argparse
+import errno
 import hashlib
 import os
 import pickle
 import re
+import stat
+import urllib.request
 import zipfile
 from collections import Counter, OrderedDict
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
 
-from .engine.runner import CheckpointError  # one error type for every checkpoint problem in mmdualvit
+from .fileio import atomic_open
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
 PRETRAINED = 'Pretrained'
-# torch >= 2.4 says "Unsupported global: GLOBAL x.y", older torch "Unsupported class x.y" (both: a refused global).
-# "Unsupported operand 233" and the like come from random or damaged bytes instead.
-_REFUSED_GLOBAL = re.compile(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL|Unsupported class) ([\w.]+)')
+# Remote files: connect/read timeout (s) and size limit (MiB); environment variables override the defaults.
+DOWNLOAD_TIMEOUT = float(os.environ.get('MMDUALVIT_DOWNLOAD_TIMEOUT', 60))
+DOWNLOAD_LIMIT_MB = float(os.environ.get('MMDUALVIT_DOWNLOAD_LIMIT_MB', 4096))
+_SHOWN = 5  # keys listed per kind in an error message
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'extract_state_dict', 'load_pretrained', 'load_backbone_checkpoint',
-           'split_init_cfg', 'init_weights_strictly', 'convert_checkpoint_file', 'converter_cli']
+__all__ = ['CheckpointError', 'MissingCheckpointError', 'read_checkpoint', 'extract_state_dict', 'compare_weights',
+           'load_pretrained', 'load_checkpoint_weights', 'split_init_cfg', 'init_weights_strictly',
+           'convert_checkpoint_file', 'converter_cli']
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, unsafe to unpickle, or not matching the model."""
+
+
+class MissingCheckpointError(CheckpointError):
+    """The checkpoint path names no file (callers add where the path came from)."""
 
 
 # ----------------------------------------------------------------------------------------------- reading files
@@ -39,74 +60,232 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     """Read a checkpoint (``.pth``/``.pth.tar``/``.pt`` pickle or ``.safetensors``) on CPU.
 
     Args:
-        path: A local file, or a URL served by an mmengine file backend (``http://``, ``https://``, ``s3://`` ...),
-            fetched with :func:`mmengine.fileio.get_local_path`. mmengine's ``CheckpointLoader`` itself is not used
-            for the unpickling: its http loader calls ``torch.hub.load_state_dict_from_url`` with
-            ``weights_only=False``, which would run code from a downloaded file.
-        trust: Read with ``weights_only=False``. Only for a file whose origin you trust: unpickling may run code.
+        path: A local file, a URL served by an mmengine file backend (``http(s)://``, ``s3://`` ...), or a model-zoo
+            name mmengine knows (``open-mmlab://``, ``openmmlab://``, ``torchvision://``, ``mmcls://``), which is
+            resolved to its URL. mmengine's ``CheckpointLoader`` is not used for any of them: it unpickles with
+            torch's default ``weights_only`` (``False`` before torch 2.6), and its http loader has no timeout.
+        trust: Read pickles with ``weights_only=False``. Only for a file whose origin you trust: unpickling may run
+            code.
 
     Raises:
-        CheckpointError: the file is missing, a directory, cannot be fetched, truncated/corrupt, or needs types
-            that safe loading refuses.
+        CheckpointError: the file is missing, not a regular file, cannot be fetched, truncated/corrupt, larger in
+            memory than on disk (compressed records, broadcast views), or needs types that safe loading refuses.
     """
     path = os.fspath(path)
     if '://' in path:
         return _read_remote(path, trust)
-    if not os.path.exists(path):
-        raise CheckpointError(f'checkpoint file {path!r} does not exist. Download the official ImageNet weights '
-                              f"(README, 'Checkpoints') and place them there, or point the config at them with "
-                              f'--cfg-options model.backbone.init_cfg.checkpoint=PATH '
-                              f'(model.backbone.init_cfg=None trains from scratch).')
-    if os.path.isdir(path):
+    _check_regular_file(path)
+    return _read_local(path, path, trust)
+
+
+def _check_regular_file(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MissingCheckpointError(f'checkpoint file {path!r} does not exist.') from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CheckpointError(f'checkpoint path {path!r} is a symbolic link loop; point it at the real file.') \
+                from None
+        raise CheckpointError(f'checkpoint path {path!r} cannot be read ({err.strerror}); check its permissions.') \
+            from None
+    if stat.S_ISDIR(mode):
         raise CheckpointError(f'checkpoint path {path!r} is a directory; give the checkpoint file inside it '
                               f'(e.g. {os.path.join(path, "dualvit_s.pth")!r}).')
-    return _read_local(path, path, trust)
+    if not stat.S_ISREG(mode):
+        kind = 'a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else 'a device'
+        raise CheckpointError(f'checkpoint path {path!r} is {kind}, not a regular file; reading it could block or '
+                              f'never end. Copy the checkpoint to a file and give that path.')
 
 
 def _read_remote(url: str, trust: bool) -> dict:
     from mmengine.fileio import get_file_backend, get_local_path
+    resolved = _resolve_model_zoo(url)
+    if resolved != url:
+        print_log(f'{url} is {resolved}', logger='current')
+        return _read_remote(resolved, trust) if '://' in resolved else _read_local(resolved, url, trust)
+    if url.startswith(('http://', 'https://')):
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix='mmdualvit-download-') as tmp:
+            local = os.path.join(tmp, os.path.basename(url.split('?')[0]) or 'checkpoint')
+            _download(url, local)
+            return _read_local(local, url, trust)
     try:
         get_file_backend(url)
+    except ImportError as err:
+        raise CheckpointError(f'checkpoint {url!r}: mmengine\'s file backend for this scheme needs a client that is '
+                              f'not installed ({err}); install it, or download the file and give its path.') from None
     except (KeyError, ValueError) as err:
         raise CheckpointError(f'checkpoint {url!r}: no mmengine file backend serves this scheme ({err}); use a '
-                              f'local path or an http(s)://, s3:// ... URL.') from None
+                              f'local path, an http(s)://, s3:// ... URL, or open-mmlab:// / torchvision:// '
+                              f'names.') from None
     try:
         with get_local_path(url) as local:
             return _read_local(local, url, trust)
     except CheckpointError:
         raise
-    except Exception as err:  # each backend raises its own types (urllib's HTTPError, boto's ClientError ...)
+    except Exception as err:  # each backend raises its own types (boto's ClientError, a missing client ...)
         raise CheckpointError(f'checkpoint {url!r} could not be fetched ({type(err).__name__}: {_first_line(err)});'
-                              f' check the URL and your connection, or download the file and give its path.') from err
+                              f' check the URL, your credentials and that the backend\'s client is installed, or '
+                              f'download the file and give its path.') from err
+
+
+def _resolve_model_zoo(url: str) -> str:
+    """mmengine's model-zoo name -> the URL (or file under mmengine's home) it stands for; other URLs unchanged."""
+    from mmengine.runner import checkpoint as mm
+    scheme, name = url.split('://', 1)
+    if scheme in ('open-mmlab', 'openmmlab'):
+        name = mm.get_deprecated_model_names().get(name, name)
+        table = mm.get_external_models()
+    elif scheme in ('torchvision', 'modelzoo'):
+        table = mm.get_torchvision_models()
+    elif scheme == 'mmcls':
+        table = mm.get_mmcls_models()
+    else:
+        return url
+    if name not in table:
+        raise CheckpointError(f'checkpoint {url!r}: mmengine knows no model {name!r} under {scheme}://; give the '
+                              f'URL or path of the file instead.')
+    target = table[name]
+    return target if '://' in target else os.path.join(mm._get_mmengine_home(), target)
+
+
+def _download(url: str, dest: str) -> None:
+    """Fetch ``url`` to ``dest`` with a connect/read timeout and a size limit, logging progress.
+
+    mmengine's HTTP backend (and torch.hub) read without a timeout or a size bound: a server that never answers
+    hangs the run forever, one that streams forever fills memory or disk.
+    """
+    limit = int(DOWNLOAD_LIMIT_MB * 2**20)
+    fix = ('raise MMDUALVIT_DOWNLOAD_TIMEOUT (seconds) / MMDUALVIT_DOWNLOAD_LIMIT_MB if the file is really that '
+           'slow or large, or download it yourself and give its path')
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(dest, 'wb') as out:
+            declared = int(response.headers.get('Content-Length') or -1)
+            if declared > limit:
+                raise CheckpointError(f'checkpoint {url!r} is {declared / 2**20:.0f} MiB, over the '
+                                      f'{DOWNLOAD_LIMIT_MB:.0f} MiB limit; {fix}.')
+            done, next_report = 0, 64 * 2**20
+            while True:
+                chunk = response.read(2**20)
+                if not chunk:
+                    break
+                done += len(chunk)
+                if done > limit:
+                    raise CheckpointError(f'checkpoint {url!r} sent more than the {DOWNLOAD_LIMIT_MB:.0f} MiB limit; '
+                                          f'{fix}.')
+                out.write(chunk)
+                if done >= next_report:
+                    total = f' of {declared / 2**20:.0f}' if declared > 0 else ''
+                    print_log(f'downloading {url}: {done / 2**20:.0f}{total} MiB', logger='current')
+                    next_report += 64 * 2**20
+    except CheckpointError:
+        raise
+    except TimeoutError:
+        raise CheckpointError(f'checkpoint {url!r}: the server did not answer within {DOWNLOAD_TIMEOUT:g} s; check '
+                              f'the URL and your connection, or {fix}.') from None
+    except OSError as err:  # urllib's HTTPError and URLError are OSErrors
+        if isinstance(getattr(err, 'reason', None), TimeoutError):
+            raise CheckpointError(f'checkpoint {url!r}: the server did not answer within {DOWNLOAD_TIMEOUT:g} s; '
+                                  f'check the URL and your connection, or {fix}.') from None
+        raise CheckpointError(f'checkpoint {url!r} could not be fetched ({type(err).__name__}: {_first_line(err)});'
+                              f' check the URL and your connection, or download the file and give its path.') \
+            from None
 
 
 def _read_local(path: str, name: str, trust: bool) -> dict:
     """Read local ``path``; messages name ``name`` (the URL of a fetched file)."""
+    corrupt = f'checkpoint file {name!r} is truncated or corrupt ({{}}); download it again and compare its SHA-256.'
     if name.endswith('.safetensors'):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(path, device='cpu')
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f'checkpoint file {name!r} is truncated or corrupt ({err}); download it again '
-                                  f'and compare its SHA-256.') from err
+            checkpoint = load_file(path, device='cpu')
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(corrupt.format(_first_line(err))) from err
+    else:
+        _check_zip_records(path, name)
+        try:
+            # Besides tensors and containers, only the types of mmdualvit.safe_globals are allowed (the
+            # argparse.Namespace that official Dual-ViT checkpoints pickle).
+            checkpoint = torch.load(path, map_location='cpu', weights_only=not trust)
+        except pickle.UnpicklingError as err:
+            refused = None if trust else _refused_global(err)
+            if refused is None:
+                raise CheckpointError(corrupt.format(_unpickler_complaint(err))) from None
+            raise CheckpointError(
+                f'checkpoint file {name!r} needs {refused} to unpickle, which safe loading (weights_only=True) '
+                f'refuses: unpickling it could run code. If you trust where the file comes from, convert it once with '
+                f'`python tools/model_converters/dualvit2mmdualvit.py --trust-checkpoint SRC DST` (or '
+                f'sequencer2mmdualvit.py) and use the tensors-only output, or pass --trust-checkpoint to '
+                f'tools/train.py / tools/test.py.') from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+                AttributeError, TypeError) as err:
+            raise CheckpointError(corrupt.format(_first_line(err))) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'checkpoint file {name!r} holds a {type(checkpoint).__name__}, not a dict of tensors '
+                              f'(a state_dict or a checkpoint holding one); it is not a model checkpoint.')
+    _check_no_expanded_views(checkpoint, name)
+    return checkpoint
+
+
+def _check_zip_records(path: str, name: str) -> None:
+    """Refuse compressed records: torch never writes them, and a few MB of them can expand to gigabytes."""
+    if not zipfile.is_zipfile(path):
+        return
     try:
-        # Besides tensors and containers, only the types of mmdualvit.safe_globals are allowed (the
-        # argparse.Namespace that official Dual-ViT checkpoints pickle).
-        return torch.load(path, map_location='cpu', weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        found = _REFUSED_GLOBAL.findall(str(err))
-        if trust or not found:
-            raise CheckpointError(f'checkpoint file {name!r} is truncated or corrupt ({_unpickler_complaint(err)});'
-                                  f' download it again and compare its SHA-256.') from None
-        raise CheckpointError(
-            f'checkpoint file {name!r} needs {found[0]} to unpickle, which safe loading (weights_only=True) refuses: '
-            f'unpickling it could run code. If you trust where the file comes from, convert it once with '
-            f'`python tools/model_converters/dualvit2mmdualvit.py --trust-pickle SRC DST` (or sequencer2mmdualvit.py)'
-            f' and use the tensors-only output.') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as err:
-        raise CheckpointError(f'checkpoint file {name!r} is truncated or corrupt ({_first_line(err)}); download it '
-                              f'again and compare its SHA-256.') from None
+        with zipfile.ZipFile(path) as archive:
+            packed = [info for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports the damage
+    if packed:
+        expanded = sum(info.file_size for info in packed)
+        raise CheckpointError(f'checkpoint file {name!r} holds {len(packed)} compressed records that expand to '
+                              f'{expanded / 2**20:.1f} MiB; torch.save never compresses, so the file was altered. '
+                              f'Use the original file (compare its SHA-256).')
+
+
+def _check_no_expanded_views(checkpoint: dict, name: str) -> None:
+    """Refuse tensors that are views larger than their storage (stride 0): they expand when copied or saved."""
+    for key, value in _tensors(checkpoint):
+        if value.is_meta:
+            raise CheckpointError(f'checkpoint file {name!r}: tensor {key!r} is a meta tensor (a shape without data);'
+                                  f' the file holds no weights. Save the model after its weights were materialised.')
+        if value.layout != torch.strided:
+            raise CheckpointError(f'checkpoint file {name!r}: tensor {key!r} has layout {value.layout}; model '
+                                  f'weights are dense tensors. Convert it with .to_dense() before saving.')
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(
+                f'checkpoint file {name!r}: tensor {key!r} {tuple(value.shape)} is a broadcast view of '
+                f'{value.untyped_storage().nbytes()} stored bytes that would expand to '
+                f'{value.numel() * value.element_size()} bytes; no trained model stores weights like that. Use the '
+                f'original file (compare its SHA-256).')
+
+
+def _tensors(obj, prefix: str = ''):
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f'{prefix}.{key}' if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f'{prefix}.{i}' if prefix else str(i))
+
+
+def _refused_global(err: Exception) -> Optional[str]:
+    """The global that weights_only refused, or None when the unpickler's complaint is about damaged bytes.
+
+    torch >= 2.4 says "Unsupported global: GLOBAL x.y", older torch "Unsupported class x.y"; random bytes give
+    "Unsupported operand 233" and the like instead.
+    """
+    for line in str(err).splitlines():
+        for marker in ('Unsupported global: GLOBAL ', 'unsupported GLOBAL ', 'Unsupported class '):
+            if marker in line:
+                words = line.split(marker, 1)[1].split()
+                if words:
+                    return words[0].rstrip('.,:;')
+    return None
 
 
 def _first_line(err: Exception) -> str:
@@ -122,18 +301,21 @@ def _unpickler_complaint(err: Exception) -> str:
 
 def extract_state_dict(checkpoint: dict, source: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
     """Unwrap ``state_dict``/``model``/``module`` wrappers and ``module.`` prefixes; keep tensors only."""
-    state = checkpoint
+    state, where = checkpoint, 'the top level'
     while isinstance(state, dict) and not _is_tensor_dict(state):
-        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
-        if inner is None:
-            raise CheckpointError(f'{source} holds no state_dict: top-level keys are {sorted(state)[:8]}; expected '
-                                  f'tensors, or one of {WRAPPER_KEYS} holding them.')
-        state = inner
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+        if wrapper is None:
+            kinds = sorted({type(v).__name__ for v in state.values() if not torch.is_tensor(v)})
+            raise CheckpointError(f'{source} holds no state_dict: {where} has keys {sorted(map(str, state))[:8]} '
+                                  f'with values of type {kinds}; expected tensors, or one of {WRAPPER_KEYS} holding '
+                                  f'them.')
+        state, where = state[wrapper], repr(wrapper)
     if not isinstance(state, dict):
         raise CheckpointError(f'{source} holds a {type(state).__name__}, not a state_dict.')
     out = OrderedDict()
     for key, value in state.items():
         if torch.is_tensor(value):
+            key = str(key)
             out[key[len('module.'):] if key.startswith('module.') else key] = value
     return out
 
@@ -158,26 +340,95 @@ def _group(keys, prefixes) -> str:
     return ', '.join(f'{p}* ({counts[p]})' for p in prefixes if counts[p])
 
 
-def _conversion_of(model: torch.nn.Module) -> Tuple[Callable, Sequence[str], Sequence[str]]:
-    """The model's converter and its unused / new prefixes; identity and none for a model that declares nothing."""
-    convert = getattr(model, 'convert_checkpoint', None) or OrderedDict
-    unused = tuple(getattr(model, 'checkpoint_unused_prefixes', tuple)())
-    new = tuple(getattr(model, 'checkpoint_new_prefixes', tuple)())
-    return convert, unused, new
+def _listed(items: Sequence[str]) -> str:
+    more = f' ... and {len(items) - _SHOWN} more' if len(items) > _SHOWN else ''
+    return ', '.join(items[:_SHOWN]) + more
+
+
+# ----------------------------------------------------------------------------------------------- comparing
+def convert_for_model(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+    """``state`` with every submodule's ``convert_checkpoint`` applied to the keys under its prefix (outer first).
+
+    The same conversions run again inside ``load_state_dict``; they are idempotent, so that pass changes nothing.
+    """
+    state = OrderedDict(state)
+    for name, module in model.named_modules():
+        convert = getattr(type(module), 'convert_checkpoint', None)
+        if convert is None:
+            continue
+        prefix = f'{name}.' if name else ''
+        own = OrderedDict((k[len(prefix):], state.pop(k)) for k in list(state) if k.startswith(prefix))
+        state.update((prefix + k, v) for k, v in module.convert_checkpoint(own).items())
+    return state
+
+
+@dataclass
+class WeightDiff:
+    """How a state_dict differs from a model's (keys relative to the model)."""
+    expected: int
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint shape, model shape
+    not_float: List[Tuple[str, torch.dtype]] = field(default_factory=list)  # where the model's tensor is floating
+    not_finite: List[str] = field(default_factory=list)
+
+    @property
+    def bad_values(self) -> bool:
+        return bool(self.not_float or self.not_finite)
+
+    def values_report(self, source: str, override: str) -> str:
+        """The error for weights that are not weights: non-floating dtypes and NaN/Inf values."""
+        parts = []
+        if self.not_float:
+            shown = [f'{k} ({str(d).replace("torch.", "")})' for k, d in self.not_float]
+            parts.append(f'{len(self.not_float)} tensors are not floating point where the model has floating '
+                         f'parameters (e.g. {_listed(shown)})')
+        if self.not_finite:
+            parts.append(f'{len(self.not_finite)} tensors hold NaN or Inf (e.g. {_listed(self.not_finite)})')
+        return (f'checkpoint {source!r} holds values that are not usable weights: {"; ".join(parts)}. Loading it '
+                f'would cast or propagate them silently. It comes from a diverged or damaged run, or is not a model '
+                f'checkpoint: use another file, or {override} to load it anyway.')
+
+
+def compare_weights(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor],
+                    check_values: bool = True) -> WeightDiff:
+    """Compare a (converted) checkpoint ``state`` with a model's ``own`` state_dict: keys, shapes and, with
+    ``check_values``, dtypes (floating where the model is) and finiteness. Reads nothing into the model."""
+    diff = WeightDiff(expected=len(own))
+    for key, mine in own.items():
+        if key not in state:
+            diff.missing.append(key)
+            continue
+        theirs = state[key]
+        if theirs.shape != mine.shape:
+            diff.mismatched.append((key, tuple(theirs.shape), tuple(mine.shape)))
+        elif check_values and mine.is_floating_point():
+            if not theirs.is_floating_point():
+                diff.not_float.append((key, theirs.dtype))
+            elif not bool(torch.isfinite(theirs).all()):
+                diff.not_finite.append(key)
+    diff.unexpected = [k for k in state if k not in own]
+    return diff
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = None,
-                    logger: str = 'current') -> dict:
-    """Load an ImageNet (or detection/segmentation) checkpoint into ``model``, strictly.
+def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = None, logger: str = 'current',
+                    check_weights: bool = True) -> dict:
+    """Load an ImageNet (or detection/segmentation) checkpoint into a backbone ``model``, strictly.
 
     The model's ``convert_checkpoint`` maps the file's names first. Every parameter and buffer must then be found
-    with the right shape, except those under the model's ``checkpoint_new_prefixes()``. Keys under its
+    with the right shape (and, unless ``check_weights=False``, with finite floating values). Keys under the model's
     ``checkpoint_unused_prefixes()`` (classifier heads ...) are reported in one info line; anything else is an
     error naming the file and the fix, and the model is left untouched. Returns a summary dict.
     """
-    convert, unused_prefixes, new_prefixes = _conversion_of(model)
-    state = extract_state_dict(read_checkpoint(path), repr(path))
+    try:
+        checkpoint = read_checkpoint(path)
+    except MissingCheckpointError as err:
+        raise MissingCheckpointError(
+            f"{err} Download the official ImageNet weights (README, 'Checkpoints') and place them there, or point "
+            f'the config at them with --cfg-options model.backbone.init_cfg.checkpoint=PATH '
+            f'(model.backbone.init_cfg=None trains from scratch).') from None
+    state = extract_state_dict(checkpoint, repr(path))
     wanted = prefix or ''
     if not wanted and any(k.startswith('backbone.') for k in state):
         wanted = 'backbone.'  # a detector/segmentor/mmpretrain checkpoint: its backbone is what we want
@@ -187,49 +438,80 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
         if not state:
             raise CheckpointError(f'checkpoint {path!r} has no keys under prefix {wanted!r}; remove `prefix` from '
                                   f'init_cfg or check the file.')
-    state = convert(state)
-    own = model.state_dict()
+    state = convert_for_model(model, state)
     name = type(model).__name__
-    new_keys = [k for k in own if k.startswith(new_prefixes)] if new_prefixes else []
-    expected = [k for k in own if k not in new_keys]
-    missing = [k for k in expected if k not in state]
-    mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in expected
-                  if k in state and state[k].shape != own[k].shape]
-    unexpected = [k for k in state if k not in own]
-    expected_unused = [k for k in unexpected if unused_prefixes and k.startswith(unused_prefixes)]
-    surplus = [k for k in unexpected if k not in expected_unused]
+    unused_prefixes = tuple(getattr(model, 'checkpoint_unused_prefixes', tuple)())
+    diff = compare_weights(model.state_dict(), state, check_weights)
+    expected_unused = [k for k in diff.unexpected if unused_prefixes and k.startswith(unused_prefixes)]
+    surplus = [k for k in diff.unexpected if k not in expected_unused]
 
-    if mismatched:
-        shown = '; '.join(f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:3])
+    if diff.mismatched:
+        shown = '; '.join(f'{k}: checkpoint {a} vs model {b}' for k, a, b in diff.mismatched[:3])
         raise CheckpointError(
-            f'checkpoint {path!r} does not fit this {name}: {len(mismatched)} of {len(expected)} tensors have other '
-            f'shapes (e.g. {shown}). It is probably another variant or architecture ({_looks_like(state)}); use the '
-            f'checkpoint that matches the config\'s arch, or change `arch`.')
-    if missing:
+            f'checkpoint {path!r} does not fit this {name}: {len(diff.mismatched)} of {diff.expected} tensors have '
+            f'other shapes (e.g. {shown}). It is probably another variant or architecture ({_looks_like(state)}); '
+            f'use the checkpoint that matches the config\'s arch, or change `arch`.')
+    if diff.missing:
         raise CheckpointError(
-            f'checkpoint {path!r} lacks {len(missing)} of {len(expected)} {name} parameters/buffers '
-            f'(e.g. {", ".join(missing[:3])}); loading it would leave them randomly initialised. The file looks like '
-            f'{_looks_like(state)} with keys such as {", ".join(list(state)[:3])}. If it is a detector/segmentor '
-            f"checkpoint, use `load_from` for the whole model or set init_cfg prefix='backbone.'; otherwise convert "
-            f'it with tools/model_converters/.')
+            f'checkpoint {path!r} lacks {len(diff.missing)} of {diff.expected} {name} parameters/buffers '
+            f'(e.g. {", ".join(diff.missing[:3])}); loading it would leave them randomly initialised. The file looks '
+            f'like {_looks_like(state)} with keys such as {", ".join(list(state)[:3])}. If it is a detector/'
+            f"segmentor checkpoint, use `load_from` for the whole model or set init_cfg prefix='backbone.'; "
+            f'otherwise convert it with tools/model_converters/.')
     if surplus:
         raise CheckpointError(
             f'checkpoint {path!r} holds {len(surplus)} tensors this {name} does not have (e.g. '
             f'{", ".join(surplus[:3])}); it is probably {_looks_like(state)} of another variant. Use the matching '
             f'checkpoint, or convert it with tools/model_converters/.')
-    to_load = OrderedDict((k, state[k]) for k in expected)
-    to_load.update((k, own[k]) for k in new_keys)
-    model.load_state_dict(to_load, strict=True)  # the model's own conversion runs again here: a no-op, idempotent
-    message = f'Loaded {len(expected)} tensors into {name} from {path}: all backbone weights found.'
+    if diff.bad_values:
+        raise CheckpointError(diff.values_report(path, 'set check_weights=False in the Pretrained init_cfg'))
+    model.load_state_dict(OrderedDict((k, state[k]) for k in model.state_dict()), strict=True)
+    message = f'Loaded {diff.expected} tensors into {name} from {path}: all backbone weights found.'
     if expected_unused:
         message += f' Unused (expected, classifier-only): {_group(expected_unused, unused_prefixes)}.'
-    if new_keys:
-        message += f' Not in ImageNet checkpoints, kept at their init: {_group(new_keys, new_prefixes)}.'
     print_log(message, logger=logger)
-    return dict(loaded=len(expected), unused=expected_unused, new=new_keys)
+    return dict(loaded=diff.expected, unused=expected_unused)
 
 
-load_backbone_checkpoint = load_pretrained  # the name used by earlier releases and the README
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: dict, filename: str, strict: bool = True,
+                            revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''), ),
+                            check_weights: bool = True, logger=None) -> None:
+    """Load a whole-model checkpoint (``load_from``, ``--resume``, ``tools/test.py``) into ``model``.
+
+    Any missing, unexpected or mis-shaped tensor is a :class:`CheckpointError` when ``strict`` (a warning otherwise,
+    and the matching tensors load); values that are not weights (see :class:`WeightDiff`) are an error unless
+    ``check_weights=False``. The model's own conversions apply first, so only real mismatches count. BatchNorm's
+    ``num_batches_tracked`` counters are not required (older mmengine/mmcv files lack them).
+
+    mmengine's ``load_state_dict`` is not used: it reports mismatches only as text after loading, while the
+    comparison here happens before anything is copied into the model.
+    """
+    state = extract_state_dict(checkpoint, repr(filename))
+    for pattern, replacement in revise_keys:
+        state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
+    state = convert_for_model(model, state)
+    own = model.state_dict()
+    diff = compare_weights(own, state, check_weights)
+    diff.missing = [k for k in diff.missing if not k.endswith('num_batches_tracked')]
+    if diff.bad_values:
+        raise CheckpointError(diff.values_report(filename, 'pass --skip-weight-check '
+                                                           '(--cfg-options check_weights=False)'))
+    lines = []
+    for title, items in (('missing in the file', diff.missing), ('unexpected in the file', diff.unexpected),
+                         ('shape differs (file vs model)',
+                          [f'{k}: {torch.Size(a)} vs {torch.Size(b)}' for k, a, b in diff.mismatched])):
+        if items:
+            lines.append(f'  {len(items)} {title}: {_listed(items)}')
+    if lines:
+        report = f'checkpoint {filename!r} does not match the model:\n' + '\n'.join(lines)
+        if strict:
+            raise CheckpointError(report + '\nIf a partial load is what you want (e.g. fine-tuning from another '
+                                  'head), pass --allow-partial-load or --cfg-options strict_load=False.')
+        if logger is not None:
+            logger.warning(report + '\n(strict_load=False: loading the rest.)')
+    shapes_differ = {k for k, _, _ in diff.mismatched}
+    model.load_state_dict(OrderedDict((k, v) for k, v in state.items() if k in own and k not in shapes_differ),
+                          strict=False)
 
 
 # ----------------------------------------------------------------------------------------------- init_cfg
@@ -284,60 +566,84 @@ def init_weights_strictly(model: torch.nn.Module, default_init: Callable[[], Non
         finally:
             model.init_cfg = original
     for entry in pretrained:
-        load_pretrained(model, entry['checkpoint'], prefix=entry.get('prefix'))
+        load_pretrained(model, entry['checkpoint'], prefix=entry.get('prefix'),
+                        check_weights=entry.get('check_weights', True))
     model._is_init = True
 
 
 # ----------------------------------------------------------------------------------------------- converter files
-def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = False) -> dict:
+def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = False,
+                            check_weights: bool = True) -> dict:
     """Read ``src``, convert it with ``model_cls.convert_checkpoint`` and write a tensors-only file to ``dst``.
 
     The file is refused unless ``model_cls.is_own_checkpoint`` accepts the converted names (a converter for one
-    architecture does not write another's file). ``dst`` appears complete or not at all: the temporary is removed
-    whatever goes wrong. Returns a summary: keys kept/dropped, parameter count and the SHA-256 of the written file.
+    architecture does not write another's file), and, unless ``check_weights=False``, when a tensor is neither
+    floating point nor BatchNorm's ``num_batches_tracked`` counter, or holds NaN/Inf. ``dst`` is checked before
+    ``src`` is read, and appears complete or not at all. Returns a summary: keys kept/dropped, parameter count and
+    the SHA-256 of the written file.
     """
+    _check_output_path(src, dst)
     raw = read_checkpoint(src, trust=trust)
-    total = _count_tensors(raw)
+    total = sum(1 for _ in _tensors(raw))
     state = model_cls.convert_checkpoint(extract_state_dict(raw, repr(src)))
     if not model_cls.is_own_checkpoint(state):
         raise CheckpointError(f'{src!r} is not a {model_cls.__name__} checkpoint: it looks like '
                               f'{_looks_like(state)} (keys such as {", ".join(list(state)[:3])}). Use the converter '
                               f'of that architecture in tools/model_converters/.')
+    if check_weights:
+        diff = WeightDiff(expected=len(state))
+        diff.not_float = [(k, v.dtype) for k, v in state.items()
+                          if not v.is_floating_point() and not k.endswith('num_batches_tracked')]
+        diff.not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if diff.bad_values:
+            raise CheckpointError(diff.values_report(src, 'pass --skip-weight-check'))
     state = OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items())
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = f'{dst}.tmp{os.getpid()}'
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, dst)  # never a half-written file under the final name
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with atomic_open(dst) as f:  # never a half-written file under the final name
+            torch.save(state, f)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise CheckpointError(f'disk full while writing {dst!r} (nothing was written); free space there or choose '
+                                  f'another output path.') from None
+        raise CheckpointError(f'cannot write {dst!r} ({err.strerror or err}); choose a writable output path.') \
+            from None
     with open(dst, 'rb') as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     params = sum(v.numel() for v in state.values() if v.is_floating_point())
     return dict(kept=len(state), dropped=total - len(state), params=params, sha256=digest, dst=dst)
 
 
-def _count_tensors(obj) -> int:
-    if torch.is_tensor(obj):
-        return 1
-    if isinstance(obj, dict):
-        return sum(_count_tensors(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_count_tensors(v) for v in obj)
-    return 0
+def _check_output_path(src: str, dst: str) -> None:
+    if not dst or dst.endswith(os.sep):
+        raise CheckpointError(f'output path {dst!r} names no file; give a file name such as checkpoints/model.pth.')
+    if os.path.isdir(dst):
+        raise CheckpointError(f'output path {dst!r} is a directory; give a file name inside it '
+                              f'(e.g. {os.path.join(dst, "model.pth")!r}).')
+    if '://' not in src and os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise CheckpointError(f'output {dst!r} is the input file; write the converted checkpoint to another path '
+                              f'(the original is needed to convert again).')
+    parent = os.path.dirname(os.path.abspath(dst))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f'cannot write {dst!r}: {existing!r} is not a writable directory; choose another '
+                              f'output path.')
 
 
 def converter_cli(model_cls: type, description: str, argv=None) -> dict:
-    """Command line of the ``tools/model_converters`` scripts: ``SRC DST [--trust-pickle]``, prints a summary."""
+    """Command line of the ``tools/model_converters`` scripts: ``SRC DST [--trust-checkpoint]``; prints a summary."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('src', help='official or timm checkpoint (.pth, .pth.tar, .safetensors), path or URL')
     parser.add_argument('dst', help='output: a tensors-only state_dict that loads with weights_only=True')
-    parser.add_argument('--trust-pickle', action='store_true',
+    parser.add_argument('--trust-checkpoint', '--trust-pickle', dest='trust', action='store_true',
                         help='read SRC with weights_only=False (only for a file whose origin you trust)')
+    parser.add_argument('--skip-weight-check', action='store_true',
+                        help='write the file even if tensors are not floating point or hold NaN/Inf')
     args = parser.parse_args(argv)
     try:
-        summary = convert_checkpoint_file(args.src, args.dst, model_cls, trust=args.trust_pickle)
+        summary = convert_checkpoint_file(args.src, args.dst, model_cls, trust=args.trust,
+                                          check_weights=not args.skip_weight_check)
     except CheckpointError as err:
         parser.exit(2, f'error: {err}\n')
     print(f"wrote {summary['dst']}: kept {summary['kept']} tensors, dropped {summary['dropped']} "

@@ -12,26 +12,13 @@ any mmengine or mmdualvit class:
   plain attribute bag whose unpickling runs no code.
 
 ``torch.serialization.add_safe_globals`` exists from torch 2.4; on older torch nothing is registered (official
-Dual-ViT files then need a one-off conversion with ``--trust``), while everything else works unchanged.
+Dual-ViT files then need a one-off conversion with ``--trust-checkpoint``), while everything else works unchanged.
 """
 import argparse
 
 import torch
-from mmengine.logging import HistoryBuffer
 
 SAFE_GLOBALS = [argparse.Namespace]
 
 if hasattr(torch.serialization, 'add_safe_globals'):
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
-
-
-class PortableHistoryBuffer(HistoryBuffer):
-    """Kept so that checkpoints written by mmdualvit <= 0.1 still unpickle with ``--trust-checkpoint``.
-
-    It is *not* allow-listed: new checkpoints store the history as plain lists instead.
-    """
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop('statistics_methods', None)
-        return state

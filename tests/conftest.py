@@ -1,4 +1,4 @@
-"""Test-suite setup: skip ``cuda`` tests without a GPU; the session's reference weights.
+"""Test-suite setup: skip ``cuda`` tests without a GPU; shared fixtures (reference weights, a local HTTP server).
 
 ``tests`` is a package, so shared helpers are imported as ``tests.utils`` and shadow no other ``utils`` module.
 """
@@ -32,3 +32,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; stopped after the test (and never outlives it)."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / 'www'
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
+    thread.start()
+    try:
+        yield root, f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

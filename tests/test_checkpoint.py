@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_backbone_checkpoint, read_checkpoint
+from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_pretrained, read_checkpoint
 from mmdualvit.models import DualViT, Sequencer2D
 from tests.utils import make_state_dict, official_dualvit_file
 
@@ -60,7 +60,7 @@ def test_official_dualvit_pth_tar_with_namespace_loads(tmp_path, dualvit_s_sd, c
         'epoch': 309, 'arch': 'dualvit_s', 'state_dict': dualvit_s_sd, 'optimizer': {'state': {}}, 'version': 2,
         'args': argparse.Namespace(model='dualvit_s', lr=1e-3), 'metric': 84.1})
     model = DualViT(arch='s')
-    summary = load_backbone_checkpoint(model, str(path))
+    summary = load_pretrained(model, str(path))
     assert summary['loaded'] == len(model.state_dict()) == 540
     assert sorted(summary['unused']) == sorted(k for k in dualvit_s_sd if k.startswith(
         ('post_network.', 'head.', 'aux_head.', 'block4.2.mlp.fc_proxy.')))
@@ -84,7 +84,7 @@ def test_wrappers_and_prefixes(tmp_path, dualvit_s_sd, wrap):
         obj = sd
     torch.save(obj, tmp_path / 'w.pth')
     model = DualViT(arch='s')
-    load_backbone_checkpoint(model, str(tmp_path / 'w.pth'))
+    load_pretrained(model, str(tmp_path / 'w.pth'))
     assert torch.equal(model.q, dualvit_s_sd['q'])
 
 
@@ -97,7 +97,7 @@ def test_sequencer_official_and_timm_formats_give_identical_models(tmp_path, seq
     results = []
     for name in ['sequencer2d_s.pth', 'model.safetensors', 'timm_wrapped.pth']:
         model = Sequencer2D(arch='s', pyramid='native')
-        load_backbone_checkpoint(model, str(tmp_path / name))
+        load_pretrained(model, str(tmp_path / name))
         results.append(outputs(model, (56, 84)))
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -125,7 +125,7 @@ def test_query_from_384_training_loads_and_runs(tmp_path, dualvit_s_sd):
     sd['q'] = torch.nn.functional.interpolate(grid, size=(12, 12), mode='bicubic')[0].flatten(1).t().contiguous()
     torch.save(sd, tmp_path / 'dualvit_s_384.pth')
     model = DualViT(arch='s')
-    load_backbone_checkpoint(model, str(tmp_path / 'dualvit_s_384.pth'))
+    load_pretrained(model, str(tmp_path / 'dualvit_s_384.pth'))
     assert model.q.shape == (64, 64)
     for size in [(64, 96), (160, 256), (384, 384)]:
         assert outputs(model, size)[0].shape[-2:] == (size[0] // 4, size[1] // 4)
@@ -133,8 +133,8 @@ def test_query_from_384_training_loads_and_runs(tmp_path, dualvit_s_sd):
 
 def test_load_log_is_one_line(tmp_path, dualvit_s_sd):
     torch.save(dualvit_s_sd, tmp_path / 'dualvit_s.pth')
-    code = ('from mmdualvit.models import DualViT; from mmdualvit.checkpoint import load_backbone_checkpoint; '
-            f'load_backbone_checkpoint(DualViT(arch="s"), {str(tmp_path / "dualvit_s.pth")!r})')
+    code = ('from mmdualvit.models import DualViT; from mmdualvit.checkpoint import load_pretrained; '
+            f'load_pretrained(DualViT(arch="s"), {str(tmp_path / "dualvit_s.pth")!r})')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONWARNINGS='ignore'))
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
@@ -148,7 +148,7 @@ def test_load_log_is_one_line(tmp_path, dualvit_s_sd):
 # ------------------------------------------------------------------------------------------------ loud failures
 def test_missing_file():
     with pytest.raises(CheckpointError) as err:
-        load_backbone_checkpoint(DualViT(arch='s'), 'checkpoints/nope.pth')
+        load_pretrained(DualViT(arch='s'), 'checkpoints/nope.pth')
     assert str(err.value) == (
         "checkpoint file 'checkpoints/nope.pth' does not exist. Download the official ImageNet weights (README, "
         "'Checkpoints') and place them there, or point the config at them with --cfg-options "
@@ -172,7 +172,7 @@ def test_truncated(tmp_path, dualvit_s_sd, suffix):
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError) as err:
-        load_backbone_checkpoint(DualViT(arch='s'), str(path))
+        load_pretrained(DualViT(arch='s'), str(path))
     message = str(err.value)
     assert message.startswith(f'checkpoint file {str(path)!r} is truncated or corrupt (')
     assert message.endswith('); download it again and compare its SHA-256.')
@@ -181,7 +181,7 @@ def test_truncated(tmp_path, dualvit_s_sd, suffix):
 def test_other_variant_lists_shape_mismatches(tmp_path):
     torch.save(official('dualvit_b'), tmp_path / 'dualvit_b.pth')
     with pytest.raises(CheckpointError) as err:
-        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'dualvit_b.pth'))
+        load_pretrained(DualViT(arch='s'), str(tmp_path / 'dualvit_b.pth'))
     message = str(err.value)
     assert message.startswith(f"checkpoint {str(tmp_path / 'dualvit_b.pth')!r} does not fit this DualViT: ")
     assert re.search(r': (\d+) of 540 tensors have other shapes \(e\.g\. patch_embed1\.conv\.0\.weight: '
@@ -194,7 +194,7 @@ def test_other_variant_lists_shape_mismatches(tmp_path):
 def test_other_architecture(tmp_path, seq_s_sd):
     torch.save(seq_s_sd, tmp_path / 'sequencer2d_s.pth')
     with pytest.raises(CheckpointError) as err:
-        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'sequencer2d_s.pth'))
+        load_pretrained(DualViT(arch='s'), str(tmp_path / 'sequencer2d_s.pth'))
     message = str(err.value)
     assert message.startswith(f"checkpoint {str(tmp_path / 'sequencer2d_s.pth')!r} lacks 540 of 540 DualViT "
                               'parameters/buffers (e.g. q, q_embed.0.weight, q_embed.0.bias); loading it would leave '
@@ -208,14 +208,14 @@ def test_partial_checkpoint_is_an_error(tmp_path, dualvit_s_sd):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match=r'lacks 22 of 540 DualViT parameters/buffers \(e\.g\. '
                                               r'block3\.5\.gamma1, block3\.5\.gamma2, block3\.5\.norm1\.weight\)'):
-        load_backbone_checkpoint(model, str(tmp_path / 'partial.pth'))
+        load_pretrained(model, str(tmp_path / 'partial.pth'))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), 'nothing may be half-loaded'
 
 
 def test_unknown_extra_keys_are_an_error(tmp_path, dualvit_s_sd):
     torch.save({**dualvit_s_sd, 'block5.0.weight': torch.zeros(3)}, tmp_path / 'extra.pth')
     with pytest.raises(CheckpointError, match=r"holds 1 tensors this DualViT does not have \(e\.g\. block5\.0\.weight\)"):
-        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'extra.pth'))
+        load_pretrained(DualViT(arch='s'), str(tmp_path / 'extra.pth'))
 
 
 def test_refuses_pickles_needing_unsafe_globals(tmp_path):
@@ -243,7 +243,7 @@ def test_malicious_pickle_executes_nothing(tmp_path):
     marker = tmp_path / 'pwned'
     torch.save({'state_dict': {'q': torch.zeros(1)}, 'x': _Payload(marker)}, tmp_path / 'evil.pth')
     with pytest.raises(CheckpointError, match='needs posix.system to unpickle'):
-        load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'evil.pth'))
+        load_pretrained(DualViT(arch='s'), str(tmp_path / 'evil.pth'))
     assert not marker.exists()
     # and the same file through mmdualvit's Pretrained init of a backbone config
     model = DualViT(arch='s', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'evil.pth')))
@@ -345,7 +345,7 @@ def test_semantic_query_is_resized_once(tmp_path, dualvit_s_sd, monkeypatch):
     sd = dict(dualvit_s_sd)
     sd['q'] = torch.randn(144, 64)  # a 12x12 grid (384-px training)
     torch.save(sd, tmp_path / 'q12.pth')
-    load_backbone_checkpoint(DualViT(arch='s'), str(tmp_path / 'q12.pth'))
+    load_pretrained(DualViT(arch='s'), str(tmp_path / 'q12.pth'))
     assert calls == [(8, 8)]
 
 
@@ -428,43 +428,22 @@ def test_converter_refuses_the_other_architecture(tmp_path, capsys, converter, s
     assert sorted(os.listdir(tmp_path)) == ['src.pth']
 
 
-def test_failed_conversion_leaves_no_temporary(tmp_path, monkeypatch, dualvit_s_sd):
+def test_failed_conversion_leaves_no_temporary_and_says_disk_full(tmp_path, monkeypatch, dualvit_s_sd):
     from mmdualvit import checkpoint
     torch.save(dualvit_s_sd, tmp_path / 'src.pth')
     (tmp_path / 'out').mkdir()
 
-    def save_then_fail(obj, path):
-        Path(path).write_bytes(b'half a file')
+    def save_then_fail(obj, f):
+        f.write(b'half a file')
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(checkpoint.torch, 'save', save_then_fail)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(CheckpointError, match=r"disk full while writing '.*dst\.pth' \(nothing was written\)"):
         checkpoint.convert_checkpoint_file(str(tmp_path / 'src.pth'), str(tmp_path / 'out' / 'dst.pth'), DualViT)
     assert os.listdir(tmp_path / 'out') == []
 
 
 # ------------------------------------------------------------------------------------------------ remote files
-@pytest.fixture
-def http_root(tmp_path):
-    """An HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; stopped after the test (and never outlives it)."""
-    import functools
-    import http.server
-    import threading
-    root = tmp_path / 'www'
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
-    thread.start()
-    try:
-        yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 def test_pretrained_over_http(http_root):
     root, url = http_root
     source = DualViT(arch=TINY)

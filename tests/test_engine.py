@@ -9,8 +9,10 @@ from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmdualvit  # noqa: F401
-from mmdualvit.engine import AtomicLocalBackend, CPUAutocastOptimWrapper, WeightsOnlyCheckpointHook
+from mmdualvit.engine import CPUAutocastOptimWrapper
+from mmdualvit.engine.hooks import checkpoint_from_plain, checkpoint_to_plain
 from mmdualvit.engine.launch import distributed_session
+from mmdualvit.fileio import AtomicLocalBackend
 from tests.utils import free_port
 
 
@@ -46,14 +48,13 @@ def test_message_hub_checkpoint_loads_with_weights_only():
     raw.seek(0)
     with pytest.raises(Exception, match='HistoryBuffer'):  # plain mmengine pickles the buffer objects
         torch.load(raw, weights_only=True)
-    hook = WeightsOnlyCheckpointHook()
-    hook.before_save_checkpoint(None, checkpoint)
+    checkpoint_to_plain(checkpoint)
     safe = io.BytesIO()
     torch.save(checkpoint, safe)
     safe.seek(0)
     loaded = torch.load(safe, weights_only=True)
     assert loaded['message_hub']['log_scalars']['train/loss']['log_history'] == [1.5]  # plain lists
-    hook.after_load_checkpoint(None, loaded)
+    checkpoint_from_plain(loaded)
     buffer = loaded['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer) and buffer.current() == 1.5 and buffer.mean() == 1.5
     restored = MessageHub.get_instance('test_engine_restored')

@@ -1,8 +1,7 @@
-from .fileio import ATOMIC_BACKEND, AtomicLocalBackend, atomic_write, remove_stale_temporaries
-from .hooks import PortableCheckpointHook, WeightsOnlyCheckpointHook
+"""The runtime layer on top of :mod:`mmdualvit.checkpoint`: the strict Runner, checkpoint hook, CPU autocast and the
+command-line handling of tools/train.py and tools/test.py. Nothing under :mod:`mmdualvit.models` imports it."""
+from .hooks import PortableCheckpointHook
 from .optim import CPUAutocastOptimWrapper
-from .runner import CheckpointError, StrictRunner, load_model_weights, read_checkpoint
+from .runner import StrictRunner
 
-__all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'CPUAutocastOptimWrapper', 'CheckpointError',
-           'PortableCheckpointHook', 'StrictRunner', 'WeightsOnlyCheckpointHook', 'atomic_write',
-           'load_model_weights', 'read_checkpoint', 'remove_stale_temporaries']
+__all__ = ['CPUAutocastOptimWrapper', 'PortableCheckpointHook', 'StrictRunner']

@@ -5,11 +5,11 @@ from typing import Optional
 
 import numpy as np
 from mmengine.dist import is_main_process
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import CheckpointHook
 from mmengine.logging import HistoryBuffer
 
+from ..fileio import ATOMIC_BACKEND, atomic_write
 from ..registry import HOOKS
-from .fileio import ATOMIC_BACKEND, atomic_write
 
 # Mark a history buffer / a Counter stored as plain data, so that loading can tell them from other dicts.
 _PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
@@ -69,7 +69,7 @@ def counters_from_plain(value):
 
 
 def checkpoint_to_plain(checkpoint: dict) -> None:
-    """What the hooks do before a save, in place: history buffers and scheduler Counters become plain data."""
+    """What PortableCheckpointHook does before a save, in place: history buffers and scheduler Counters become plain data."""
     history_to_plain(checkpoint.get('message_hub', {}))
     if 'param_schedulers' in checkpoint:
         checkpoint['param_schedulers'] = counters_to_plain(checkpoint['param_schedulers'])
@@ -82,28 +82,8 @@ def checkpoint_from_plain(checkpoint: dict) -> None:
         checkpoint['param_schedulers'] = counters_from_plain(checkpoint['param_schedulers'])
 
 
-class _PlainCheckpointMixin:
-    """A hook's checkpoint callbacks that store plain values (:func:`checkpoint_to_plain`) and restore them."""
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint_to_plain(checkpoint)
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint_from_plain(checkpoint)
-
-
 @HOOKS.register_module()
-class WeightsOnlyCheckpointHook(_PlainCheckpointMixin, Hook):
-    """Store the message hub's history as plain lists in checkpoints, and restore it when one is loaded.
-
-    :class:`PortableCheckpointHook` does the same and more; this hook is for configs that keep another checkpoint
-    hook.
-    """
-    priority = 'VERY_LOW'
-
-
-@HOOKS.register_module()
-class PortableCheckpointHook(_PlainCheckpointMixin, CheckpointHook):
+class PortableCheckpointHook(CheckpointHook):
     """mmengine's :class:`~mmengine.hooks.CheckpointHook` with checkpoints that never lose work and load anywhere.
 
     Differences (all arguments are mmengine's):
@@ -120,6 +100,12 @@ class PortableCheckpointHook(_PlainCheckpointMixin, CheckpointHook):
         if backend_args is None and kwargs.get('file_client_args') is None and '://' not in str(out_dir or ''):
             backend_args = dict(backend=ATOMIC_BACKEND)
         super().__init__(*args, backend_args=backend_args, out_dir=out_dir, **kwargs)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint_to_plain(checkpoint)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint_from_plain(checkpoint)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         # Same bookkeeping as mmengine's, reordered: save first, then rotate, then point last_checkpoint at it.

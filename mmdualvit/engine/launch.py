@@ -67,18 +67,18 @@ def adapt_amp_to_cpu(cfg: Config) -> None:
     wrapper.pop('loss_scale', None)
 
 
-def trust_checkpoints() -> None:
-    """Opt in to full unpickling for checkpoints the user vouches for (e.g. written by plain mmengine runs)."""
-    os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'
-
-
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Flags both tools take: --trust-checkpoint, --allow-partial-load, --cfg-options, --launcher, --local-rank."""
+    """Flags both tools take: --trust-checkpoint, --allow-partial-load, --skip-weight-check, --cfg-options,
+    --launcher, --local-rank."""
     parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle checkpoints fully (weights_only=False): only for files you trust')
+                        help='unpickle checkpoints fully (weights_only=False), for this run only: only for files you '
+                             'trust (same as --cfg-options trust_checkpoint=True)')
     parser.add_argument('--allow-partial-load', action='store_true',
                         help='load checkpoints whose tensors do not all match the model (warns instead of failing); '
                              'same as --cfg-options strict_load=False')
+    parser.add_argument('--skip-weight-check', action='store_true',
+                        help='load weights even if they hold NaN/Inf or are not floating point; '
+                             'same as --cfg-options check_weights=False')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -95,8 +95,10 @@ def load_config(args: argparse.Namespace) -> Config:
                                                                    osp.splitext(osp.basename(args.config))[0])
     if args.allow_partial_load:
         cfg.strict_load = False
+    if args.skip_weight_check:
+        cfg.check_weights = False
     if args.trust_checkpoint:
-        trust_checkpoints()
+        cfg.trust_checkpoint = True
     return cfg
 
 

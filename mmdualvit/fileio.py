@@ -1,10 +1,15 @@
-"""A local file backend whose writes are atomic, for checkpoints that survive being killed mid-write."""
+"""Atomic local writes: a file appears complete under its final name, or not at all.
+
+Used by the checkpoint converters (:mod:`mmdualvit.checkpoint`) and, through :class:`AtomicLocalBackend`, by the
+training checkpoints of :class:`mmdualvit.engine.PortableCheckpointHook`.
+"""
 import glob
 import os
 import os.path as osp
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Union
+from typing import BinaryIO, Iterator, List, Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
@@ -14,12 +19,14 @@ ATOMIC_BACKEND = 'mmdualvit_atomic_local'
 TMP_SUFFIX = '.mmdualvit-tmp'
 
 
-def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
-    """Write ``data`` to a temporary next to ``filepath``, flush it to disk, then rename it into place.
+@contextmanager
+def atomic_open(filepath: Union[str, Path]) -> Iterator[BinaryIO]:
+    """Open a temporary next to ``filepath`` for binary writing; on success flush it to disk and rename it into place.
 
-    Readers see the old file or the complete new one, never a truncated one. The file is created with mode 0666
-    filtered by the process umask, exactly as a plain ``open(filepath, 'wb')`` would (``tempfile.mkstemp`` would
-    give 0600, unreadable for colleagues on a shared machine).
+    Readers see the old file or the complete new one, never a truncated one; if the body raises, the temporary is
+    removed. The file is created with mode 0666 filtered by the process umask, exactly as a plain
+    ``open(filepath, 'wb')`` would (``tempfile.mkstemp`` would give 0600, unreadable for colleagues on a shared
+    machine).
     """
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
@@ -27,7 +34,7 @@ def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filepath)
@@ -35,6 +42,12 @@ def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
+    """Write ``data`` to ``filepath`` through :func:`atomic_open`."""
+    with atomic_open(filepath) as f:
+        f.write(data)
 
 
 def remove_stale_temporaries(directory: Union[str, Path]) -> List[str]:
