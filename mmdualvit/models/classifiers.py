@@ -17,27 +17,10 @@ import torch.nn as nn
 from mmpretrain.models import ClsHead, ImageClassifier
 
 from ..registry import MODELS
-from .backbones.dual_vit import BLOCK_NORM_EPS
-from .utils import ConvertsCheckpoints, attention, merge_heads, split_heads
+from .backbones.dual_vit import BLOCK_NORM_EPS, GlobalAttention
+from .utils import ConvertsCheckpoints
 
 CLASSIFIER_EPS = BLOCK_NORM_EPS  # the official heads use the block LayerNorm (eps 1e-6) too
-
-
-class ClassAttention(nn.Module):
-    """Multi-head attention whose only query is the class token (the first token)."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heads = self.num_heads
-        k, v = self.kv(x).chunk(2, dim=-1)
-        out = attention(split_heads(self.q(x[:, :1]), heads), split_heads(k, heads), split_heads(v, heads))
-        return self.proj(merge_heads(out))
 
 
 class ClassBlock(nn.Module):
@@ -46,13 +29,14 @@ class ClassBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=CLASSIFIER_EPS)
-        self.attn = ClassAttention(dim, num_heads)
+        self.attn = GlobalAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=CLASSIFIER_EPS)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = x[:, :1] + self.attn(self.norm1(x))
+        normed = self.norm1(x)
+        cls = x[:, :1] + self.attn(normed, queries=normed[:, :1])
         cls = cls + self.mlp(self.norm2(cls))
         return torch.cat([cls, x[:, 1:]], dim=1)
 

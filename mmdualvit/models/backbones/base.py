@@ -5,6 +5,7 @@ building its layers and :meth:`BaseBackbone._freeze_stages` after, and implement
 ``_stem_modules`` and ``_stage_modules``. Everything here is argument handling; the architecture lives in the
 subclass.
 """
+import copy
 import math
 import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -76,20 +77,21 @@ class BaseBackbone(ConvertsCheckpoints, BaseModule):
 
     # ------------------------------------------------------------------ arch
     def _resolve_arch(self, arch) -> dict:
-        """The settings of ``arch`` (a copy), checked by :meth:`_check_arch`."""
+        """The settings of ``arch`` (a deep copy: editing them changes neither the zoo nor the caller's dict),
+        checked by :meth:`_check_arch`."""
         essential = set(next(iter(self.arch_zoo.values())))
         if isinstance(arch, str):
             if arch.lower() not in self.arch_zoo:
                 names = ', '.join(repr(k) for k in self.arch_zoo)
                 raise ValueError(f'{self._name}: unknown arch {arch!r}; choose one of {names} or pass a dict with '
                                  f'the keys {sorted(essential)}.')
-            settings = dict(self.arch_zoo[arch.lower()])
+            settings = copy.deepcopy(self.arch_zoo[arch.lower()])
         elif isinstance(arch, dict):
             missing, unknown = essential - set(arch), set(arch) - essential
             if missing or unknown:
                 raise ValueError(f'{self._name}: a custom arch dict needs exactly the keys {sorted(essential)}; '
                                  f'missing {sorted(missing)}, unknown {sorted(unknown)}.')
-            settings = dict(arch)
+            settings = copy.deepcopy(arch)
         else:
             raise TypeError(f'{self._name}: arch must be a str or a dict, got {type(arch).__name__}.')
         self._check_arch(settings)

@@ -130,7 +130,11 @@ class DualAttention(nn.Module):
 
 
 class GlobalAttention(nn.Module):
-    """Stage 3-4 token mixer: multi-head self-attention over pixel and semantic tokens together."""
+    """Stage 3-4 token mixer: multi-head self-attention over pixel and semantic tokens together.
+
+    Also the class attention of the ImageNet head (``mmdualvit.DualViTClsHead``), where only the class token
+    queries: pass it as ``queries``.
+    """
 
     def __init__(self, dim: int, num_heads: int, fused: bool = True):
         super().__init__()
@@ -140,10 +144,12 @@ class GlobalAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every token of ``x`` (or each of ``queries``) attends to all tokens of ``x``."""
         heads = self.num_heads
         k, v = self.kv(x).chunk(2, dim=-1)
-        out = attention(split_heads(self.q(x), heads), split_heads(k, heads), split_heads(v, heads), self.fused)
+        q = self.q(x if queries is None else queries)
+        out = attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), self.fused)
         return self.proj(merge_heads(out))
 
 

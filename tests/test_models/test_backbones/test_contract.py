@@ -120,11 +120,13 @@ def test_arch_names(spec, arch):
     assert spec.stage_lengths(model) == _stage_lengths(spec, expected['depths'])
 
 
-def test_arch_zoo_entries_are_not_shared_mutable_state(spec):
-    """A model's arch_settings is a copy: editing it does not change the zoo."""
-    model = spec.cls(arch=spec.tiny)
-    model.arch_settings['depths'] = [9, 9, 9, 9]
+def test_arch_settings_are_a_copy(spec):
+    """Editing a model's arch_settings in place changes neither the zoo nor the dict it was built from."""
+    spec.cls(arch='s').arch_settings['depths'].append(9)
     assert spec.cls.arch_zoo['s'] == spec.archs['s']
+    arch = {k: list(v) if isinstance(v, list) else v for k, v in spec.tiny.items()}
+    spec.cls(arch=arch).arch_settings['embed_dims'][0] = 99
+    assert arch == spec.tiny
 
 
 def test_unknown_arch_name(spec):
