@@ -9,7 +9,7 @@
     python tools/analysis/benchmark.py --backbone-only --shape 800 1344 --runs 2 \
         configs/maskrcnn_dualvit_s_coco.py configs/maskrcnn_dualvit_s_coco.py model.backbone.fused_attention=False
 
-    # a timm model's forward_features as a backbone row (needs timm)
+    # a timm model without its classifier as a backbone row (needs timm), e.g. Sequencer2D-S against timm's
     python tools/analysis/benchmark.py --backbone-only --shape 224 224 --runs 7 \
         configs/imagenet_sequencer2d_s.py timm::sequencer2d_s
 
@@ -159,8 +159,9 @@ def build_target(row: Row, settings: Settings) -> Target:
                               enabled=settings.amp)
     if row.config.startswith(TIMM):
         if not settings.backbone_only:
-            raise ValueError(f'{row.config}: timm rows measure forward_features; pass --backbone-only.')
+            raise ValueError(f'{row.config}: a timm model is measured as a backbone; pass --backbone-only.')
         import timm
+        # No classifier and no pooling: forward returns the features (for sequencer2d_* those of forward_features).
         module = timm.create_model(row.config[len(TIMM):], pretrained=False, num_classes=0, global_pool='')
         return _backbone(module, settings, autocast)
     from mmdualvit.analysis import build_from_config
