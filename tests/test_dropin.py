@@ -1,9 +1,7 @@
 """Drop-in use as README describes it: copy a row's config files into an empty project and run the installed
 mmdet / mmseg packages' own tools and inference APIs on them; upstream visualisation under our pinned stack."""
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 from mmengine.config import Config
+
+from tests.utils import fast_train_options, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
@@ -148,22 +148,13 @@ def package_tool(package: str, *parts: str) -> str:
     return str(path)
 
 
-def run(args, cwd):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=dict(os.environ, PYTHONWARNINGS='ignore'),
-                          capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
-
-
-def train_and_test(package, project: Path, config: str, extra):
+def train_and_test(package, project: Path, config: str):
     """2 training iterations, then the package's test.py with --show-dir; returns (test log, checkpoint, show dir)."""
-    run([package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options', 'train_cfg.max_iters=2',
-         'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2',
-         *extra], cwd=project)
+    run_tool([sys.executable, package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options',
+              *fast_train_options(2)], cwd=project)
     assert (project / 'work' / 'iter_2.pth').is_file()
-    log = run([package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test', '--show-dir', 'show'],
-              cwd=project)
+    log = run_tool([sys.executable, package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test',
+                    '--show-dir', 'show'], cwd=project).stdout
     # mmdet puts --show-dir under work_dir/<timestamp>/, mmseg's visualizer writes it relative to the working directory.
     show = [p for p in [*(project / 'test').glob('*/show'), project / 'show'] if p.is_dir()]
     assert len(show) == 1, log[-2000:]
@@ -173,9 +164,10 @@ def train_and_test(package, project: Path, config: str, extra):
 @pytest.mark.slow
 def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     project = copy_row(readme_rows()['toy Mask R-CNN'], tmp_path)
-    run(['-m', 'mmdualvit.datasets.toy', 'coco', '--num-train', '4', '--num-val', '2'], cwd=project)
+    run_tool([sys.executable, '-m', 'mmdualvit.datasets.toy', 'coco', '--num-train', '4', '--num-val', '2'],
+             cwd=project)
     config = 'toy/maskrcnn_dualvit_toy.py'
-    log, checkpoint, show = train_and_test('mmdet', project, config, [])
+    log, checkpoint, show = train_and_test('mmdet', project, config)
     assert re.search(r'coco/bbox_mAP: [0-9.]+', log) and re.search(r'coco/segm_mAP: [0-9.]+', log)
     assert len(list(show.glob('*.png'))) == 2  # one picture per validation image
 
@@ -189,17 +181,18 @@ def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     assert (project / 'infer' / 'vis' / '000001.png').is_file()
 
     # mmdet's own dataset browser draws the toy annotations under the pinned OpenCV.
-    run([package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show', '--output-dir', 'browse'],
-        cwd=project)
+    run_tool([sys.executable, package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
+              '--output-dir', 'browse'], cwd=project)
     assert len(list((project / 'browse').glob('*.png'))) == 4
 
 
 @pytest.mark.slow
 def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     project = copy_row(readme_rows()['toy UperNet'], tmp_path)
-    run(['-m', 'mmdualvit.datasets.toy', 'ade', '--num-train', '4', '--num-val', '3'], cwd=project)
+    run_tool([sys.executable, '-m', 'mmdualvit.datasets.toy', 'ade', '--num-train', '4', '--num-val', '3'],
+             cwd=project)
     config = 'toy/upernet_dualvit_toy.py'
-    log, checkpoint, show = train_and_test('mmseg', project, config, [])
+    log, checkpoint, show = train_and_test('mmseg', project, config)
     # mIoU over all four classes, background included (reduce_zero_label=False): a per-class row for each.
     for name in ('background', 'square', 'circle', 'triangle'):
         assert re.search(rf'\|\s*{name}\s*\|', log), log[-3000:]
@@ -216,6 +209,6 @@ def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     assert list((project / 'infer').rglob('*.png'))
 
     # mmseg's own dataset browser, through the configs' mmdualvit.SegLocalVisualizer: one picture per train image.
-    run([package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show', '--output-dir', 'browse'],
-        cwd=project)
+    run_tool([sys.executable, package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
+              '--output-dir', 'browse'], cwd=project)
     assert len(list((project / 'browse').glob('*.png'))) == 4
