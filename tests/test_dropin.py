@@ -1,4 +1,4 @@
-"""Drop-in use as README describes it: copy a row's config files into an empty project and run the installed
+"""Drop-in use as docs/configs.md describes it: copy a row's config files into an empty project and run the installed
 mmdet / mmseg packages' own tools and inference APIs on them; upstream visualisation under our pinned stack."""
 import re
 import shutil
@@ -8,31 +8,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from mmengine.config import Config
 
 from tests.utils import fast_train_options, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
-README = REPO / 'README.md'
-SECTION = '### Using our configs in an mmdet or mmsegmentation project'
+DROPIN = CONFIGS / 'dropin.yml'  # the one list of files to copy per family (docs/configs.md is generated from it)
 
 
-def readme_section() -> str:
-    text = README.read_text(encoding='utf-8')
-    start = text.index(SECTION)
-    end = text.index('\n#', start + len(SECTION))
-    return text[start:end]
+def dropin() -> dict:
+    return yaml.safe_load(DROPIN.read_text(encoding='utf-8'))
 
 
-def readme_rows() -> dict:
-    """``{family: [file, ...]}`` from the section's table: exactly the files README tells users to copy."""
-    rows = {}
-    for line in readme_section().splitlines():
-        cells = [c.strip() for c in line.strip().strip('|').split('|')]
-        if len(cells) == 2 and cells[1].startswith('`'):
-            rows[cells[0]] = re.findall(r'`([^`]+\.py)`', cells[1])
-    return rows
+def dropin_rows() -> dict:
+    """``{family: [file, ...]}``: exactly the files docs/configs.md tells users to copy."""
+    return {row['Family']: row['Files'] for row in dropin()['Rows']}
 
 
 def copy_row(files, dest: Path) -> Path:
@@ -54,10 +46,10 @@ def mmdualvit_names(value):
         yield value
 
 
-def test_readme_rows_are_self_contained_and_name_every_config_and_mmdualvit_name(tmp_path, monkeypatch):
-    """Each row of README's table, copied alone into an empty folder, loads; together the rows list every config, and
-    README's list of mmdualvit names is exactly what the configs use."""
-    rows = readme_rows()
+def test_dropin_rows_are_self_contained_and_name_every_config_and_mmdualvit_name(tmp_path, monkeypatch):
+    """Each row of configs/dropin.yml, copied alone into an empty folder, loads; together the rows list every config,
+    and its list of mmdualvit names is exactly what the configs use."""
+    rows = dropin_rows()
     listed = [name for files in rows.values() for name in files]
     on_disk = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob('*.py'))
     # Toy rows repeat their base (a real primitive) and 3x rows the shared _base_/ recipe: every config is listed,
@@ -75,10 +67,11 @@ def test_readme_rows_are_self_contained_and_name_every_config_and_mmdualvit_name
             try:
                 cfg = Config.fromfile(str(project / name))
             except Exception as error:  # name the row whose files are not self-contained
-                raise AssertionError(f'{name} of README row {family!r} does not load on its own: {error}') from error
+                raise AssertionError(f'{name} of drop-in row {family!r} does not load on its own: {error}') from error
             used.update(mmdualvit_names(cfg.to_dict()))
-    listed_names = set(re.findall(r'`(mmdualvit[._A-Za-z0-9]*)`', readme_section().split('Every mmdualvit name')[1]))
-    assert listed_names == used
+    listed_names = [name for group in dropin()['Names'] for name in group['Names']]
+    assert len(listed_names) == len(set(listed_names))
+    assert set(listed_names) == used
 
 
 def test_mmseg_visualizer_draws_a_toy_sample(tmp_path):
@@ -163,7 +156,7 @@ def train_and_test(package, project: Path, config: str):
 
 @pytest.mark.slow
 def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
-    project = copy_row(readme_rows()['toy Mask R-CNN'], tmp_path)
+    project = copy_row(dropin_rows()['toy Mask R-CNN'], tmp_path)
     run_tool([sys.executable, '-m', 'mmdualvit.datasets.toy', 'coco', '--num-train', '4', '--num-val', '2'],
              cwd=project)
     config = 'toy/maskrcnn_dualvit_toy.py'
@@ -188,7 +181,7 @@ def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
-    project = copy_row(readme_rows()['toy UperNet'], tmp_path)
+    project = copy_row(dropin_rows()['toy UperNet'], tmp_path)
     run_tool([sys.executable, '-m', 'mmdualvit.datasets.toy', 'ade', '--num-train', '4', '--num-val', '3'],
              cwd=project)
     config = 'toy/upernet_dualvit_toy.py'
