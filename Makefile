@@ -22,15 +22,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VPY) tools/demo.py
 
-# GPU checks (the cuda-marked tests) and GPU benchmark rows, printed as a table for README.
+# Developer checks (dev/): the cuda-marked tests and GPU benchmark rows, printed as tables for README.
 gpu-check: $(STAMP)
-	$(VPY) tools/analysis/gpu_check.py
+	$(VPY) dev/gpu_check.py
 
 # A second environment with an older torch and mmcv compiled against it, then the whole test suite there:
 #   make old-torch-env TORCH=2.1.2    (venv in .venv-torch2.1.2; not part of CI)
 TORCH ?= 2.1.2
 old-torch-env:
-	bash tools/install/old_torch_env.sh $(TORCH)
+	bash dev/old_torch_env.sh $(TORCH)
 
 clean-venv:
 	rm -rf $(VENV)

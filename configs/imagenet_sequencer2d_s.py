@@ -4,7 +4,7 @@
 _base_ = ['mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py', 'mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmdualvit', 'mmdualvit.models.classifiers'], allow_failed_imports=False)
 
-# Evaluation only: training with the official token-labeling recipe is not provided.
+# Evaluation only: the official ImageNet training recipe is not provided.
 train_dataloader = None
 val_cfg = dict()
 test_cfg = dict()

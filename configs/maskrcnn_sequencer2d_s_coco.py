@@ -10,7 +10,7 @@ model = dict(
         _delete_=True,
         type='mmdualvit.Sequencer2D',
         arch='s',
-        pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (README, 'Sequencer2D pyramid')
+        pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (docs/backbones.md, the Sequencer2D pyramid)
         drop_path_rate=0.1,  # Sequencer2D-S's ImageNet value
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/sequencer2d_s.pth')),
     neck=dict(in_channels=[192, 384, 384, 384]))

@@ -10,7 +10,7 @@ model = dict(
         _delete_=True,
         type='mmdualvit.Sequencer2D',
         arch='s',
-        pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (README, 'Sequencer2D pyramid')
+        pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (docs/backbones.md, the Sequencer2D pyramid)
         drop_path_rate=0.1,  # Sequencer2D-S's ImageNet value
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/sequencer2d_s.pth')),
     # RetinaNet starts at stride 8 and builds P6/P7 from the stride-32 input map (the Dual-ViT FPN settings).

@@ -3,9 +3,9 @@
 mmseg 1.2.2's ``SegLocalVisualizer`` draws its class labels with OpenCV on ``np.zeros_like(image)``, which keeps
 the memory layout of ``image``. mmseg's own ``tools/analysis_tools/browse_dataset.py`` passes a non-contiguous view
 (a CHW tensor permuted to HWC, then its channels reversed), and OpenCV refuses such an array as an output
-("Layout of the output array img is incompatible with cv::Mat") under every OpenCV version
-(open-mmlab/mmsegmentation#3405, fix proposed upstream in #3566 but unreleased). Our segmentation configs name this
-subclass instead, so the upstream tools work with them unchanged.
+("Layout of the output array img is incompatible with cv::Mat") under OpenCV 4.11, 4.12 and 5.0 alike, the
+versions tried (open-mmlab/mmsegmentation#3405, fix proposed upstream in #3566 but unreleased). Our segmentation
+configs name this subclass instead, so the upstream tools work with them unchanged.
 """
 import numpy as np
 from mmseg.visualization import SegLocalVisualizer as _MMSegLocalVisualizer

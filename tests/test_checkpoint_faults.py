@@ -3,7 +3,6 @@ remote files that hang or never end, trust by flag only, and clear messages on t
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import threading
 import zipfile
@@ -18,6 +17,7 @@ from mmdualvit import checkpoint
 from mmdualvit.checkpoint import CheckpointError, converter_cli, load_pretrained, read_checkpoint
 from mmdualvit.models import DualViT
 from tests.toy_runner import build_runner
+from tests.utils import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(stem_hidden_dim=8, embed_dims=[16, 32, 32, 48], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 3],
@@ -33,9 +33,8 @@ def tiny_sd():
 
 def run_python(code: str, timeout: float = 120, **env):
     """Run ``code`` in a fresh interpreter (a hang or a crash stays there); returns (returncode, output)."""
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore', **env))
-    return proc.returncode, proc.stdout + proc.stderr
+    proc = run_tool([sys.executable, '-c', code], cwd=REPO, env=env, timeout=timeout, check=False)
+    return proc.returncode, proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------ special files

@@ -4,20 +4,17 @@ They cover what only a GPU exercises: both backbones on CUDA against the CPU ref
 training step of each detector/segmentor family at real widths, Dual-ViT's attention on a fused SDPA kernel, and
 Sequencer2D's LSTMs on cuDNN in deterministic mode.
 """
-import os
-import subprocess
+import re
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from mmdualvit.models import DualViT, Sequencer2D
-from tests.utils import assert_matches, load_reference_weights, reference_features, reference_input
+from tests.utils import REPO, assert_matches, load_reference_weights, reference_features, reference_input, run_tool
 
 pytestmark = pytest.mark.cuda
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -61,7 +58,7 @@ def test_fp16_amp_training_step(config, shape, batch_size):
     from mmengine.optim import AmpOptimWrapper, build_optim_wrapper
 
     from mmdualvit.analysis import build_from_config, synthetic_batch
-    model, cfg = build_from_config(str(ROOT / 'configs' / config))
+    model, cfg = build_from_config(str(REPO / 'configs' / config))
     if cfg.default_scope == 'mmseg':
         model.data_preprocessor.size = shape
     model.init_weights()
@@ -134,7 +131,6 @@ def test_sequencer_lstm_on_cudnn_is_deterministic():
         assert torch.equal(loss_a, loss_b) and torch.equal(grads_a, grads_b), 'not deterministic'
         print('ok', cudnn_a)
     ''')
-    env = dict(os.environ, CUBLAS_WORKSPACE_CONFIG=':16:8', PYTHONPATH=os.pathsep.join(
-        [str(ROOT), os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.startswith('ok'), proc.stderr[-3000:]
+    out = run_tool([sys.executable, '-c', script], cwd=None, env=dict(CUBLAS_WORKSPACE_CONFIG=':16:8'),
+                   timeout=600).stdout
+    assert re.search(r'^ok \d+$', out, re.M), out[-3000:]

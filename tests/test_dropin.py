@@ -1,38 +1,30 @@
-"""Drop-in use as README describes it: copy a row's config files into an empty project and run the installed
+"""Drop-in use as docs/configs.md describes it: copy a row's config files into an empty project and run the installed
 mmdet / mmseg packages' own tools and inference APIs on them; upstream visualisation under our pinned stack."""
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 from mmengine.config import Config
+
+from tests.utils import fast_train_options, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
-README = REPO / 'README.md'
-SECTION = '### Using our configs in an mmdet or mmsegmentation project'
+DROPIN = CONFIGS / 'dropin.yml'  # the one list of files to copy per family (docs/configs.md is generated from it)
 
 
-def readme_section() -> str:
-    text = README.read_text(encoding='utf-8')
-    start = text.index(SECTION)
-    end = text.index('\n#', start + len(SECTION))
-    return text[start:end]
+def dropin() -> dict:
+    return yaml.safe_load(DROPIN.read_text(encoding='utf-8'))
 
 
-def readme_rows() -> dict:
-    """``{family: [file, ...]}`` from the section's table: exactly the files README tells users to copy."""
-    rows = {}
-    for line in readme_section().splitlines():
-        cells = [c.strip() for c in line.strip().strip('|').split('|')]
-        if len(cells) == 2 and cells[1].startswith('`'):
-            rows[cells[0]] = re.findall(r'`([^`]+\.py)`', cells[1])
-    return rows
+def dropin_rows() -> dict:
+    """``{family: [file, ...]}``: exactly the files docs/configs.md tells users to copy."""
+    return {row['Family']: row['Files'] for row in dropin()['Rows']}
 
 
 def copy_row(files, dest: Path) -> Path:
@@ -54,10 +46,10 @@ def mmdualvit_names(value):
         yield value
 
 
-def test_readme_rows_are_self_contained_and_name_every_config_and_mmdualvit_name(tmp_path, monkeypatch):
-    """Each row of README's table, copied alone into an empty folder, loads; together the rows list every config, and
-    README's list of mmdualvit names is exactly what the configs use."""
-    rows = readme_rows()
+def test_dropin_rows_are_self_contained_and_name_every_config_and_mmdualvit_name(tmp_path, monkeypatch):
+    """Each row of configs/dropin.yml, copied alone into an empty folder, loads; together the rows list every config,
+    and its list of mmdualvit names is exactly what the configs use."""
+    rows = dropin_rows()
     listed = [name for files in rows.values() for name in files]
     on_disk = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob('*.py'))
     # Toy rows repeat their base (a real primitive) and 3x rows the shared _base_/ recipe: every config is listed,
@@ -75,10 +67,11 @@ def test_readme_rows_are_self_contained_and_name_every_config_and_mmdualvit_name
             try:
                 cfg = Config.fromfile(str(project / name))
             except Exception as error:  # name the row whose files are not self-contained
-                raise AssertionError(f'{name} of README row {family!r} does not load on its own: {error}') from error
+                raise AssertionError(f'{name} of drop-in row {family!r} does not load on its own: {error}') from error
             used.update(mmdualvit_names(cfg.to_dict()))
-    listed_names = set(re.findall(r'`(mmdualvit[._A-Za-z0-9]*)`', readme_section().split('Every mmdualvit name')[1]))
-    assert listed_names == used
+    listed_names = [name for group in dropin()['Names'] for name in group['Names']]
+    assert len(listed_names) == len(set(listed_names))
+    assert set(listed_names) == used
 
 
 def test_mmseg_visualizer_draws_a_toy_sample(tmp_path):
@@ -148,22 +141,13 @@ def package_tool(package: str, *parts: str) -> str:
     return str(path)
 
 
-def run(args, cwd):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=dict(os.environ, PYTHONWARNINGS='ignore'),
-                          capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
-
-
-def train_and_test(package, project: Path, config: str, extra):
+def train_and_test(package, project: Path, config: str):
     """2 training iterations, then the package's test.py with --show-dir; returns (test log, checkpoint, show dir)."""
-    run([package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options', 'train_cfg.max_iters=2',
-         'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2',
-         *extra], cwd=project)
+    run_tool([sys.executable, package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options',
+              *fast_train_options(2)], cwd=project)
     assert (project / 'work' / 'iter_2.pth').is_file()
-    log = run([package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test', '--show-dir', 'show'],
-              cwd=project)
+    log = run_tool([sys.executable, package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test',
+                    '--show-dir', 'show'], cwd=project).stdout
     # mmdet puts --show-dir under work_dir/<timestamp>/, mmseg's visualizer writes it relative to the working directory.
     show = [p for p in [*(project / 'test').glob('*/show'), project / 'show'] if p.is_dir()]
     assert len(show) == 1, log[-2000:]
@@ -172,10 +156,11 @@ def train_and_test(package, project: Path, config: str, extra):
 
 @pytest.mark.slow
 def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
-    project = copy_row(readme_rows()['toy Mask R-CNN'], tmp_path)
-    run(['-m', 'mmdualvit.datasets.toy', 'coco', '--num-train', '4', '--num-val', '2'], cwd=project)
+    project = copy_row(dropin_rows()['toy Mask R-CNN'], tmp_path)
+    run_tool([sys.executable, '-m', 'mmdualvit.datasets.toy', 'coco', '--num-train', '4', '--num-val', '2'],
+             cwd=project)
     config = 'toy/maskrcnn_dualvit_toy.py'
-    log, checkpoint, show = train_and_test('mmdet', project, config, [])
+    log, checkpoint, show = train_and_test('mmdet', project, config)
     assert re.search(r'coco/bbox_mAP: [0-9.]+', log) and re.search(r'coco/segm_mAP: [0-9.]+', log)
     assert len(list(show.glob('*.png'))) == 2  # one picture per validation image
 
@@ -189,17 +174,18 @@ def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     assert (project / 'infer' / 'vis' / '000001.png').is_file()
 
     # mmdet's own dataset browser draws the toy annotations under the pinned OpenCV.
-    run([package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show', '--output-dir', 'browse'],
-        cwd=project)
+    run_tool([sys.executable, package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
+              '--output-dir', 'browse'], cwd=project)
     assert len(list((project / 'browse').glob('*.png'))) == 4
 
 
 @pytest.mark.slow
 def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
-    project = copy_row(readme_rows()['toy UperNet'], tmp_path)
-    run(['-m', 'mmdualvit.datasets.toy', 'ade', '--num-train', '4', '--num-val', '3'], cwd=project)
+    project = copy_row(dropin_rows()['toy UperNet'], tmp_path)
+    run_tool([sys.executable, '-m', 'mmdualvit.datasets.toy', 'ade', '--num-train', '4', '--num-val', '3'],
+             cwd=project)
     config = 'toy/upernet_dualvit_toy.py'
-    log, checkpoint, show = train_and_test('mmseg', project, config, [])
+    log, checkpoint, show = train_and_test('mmseg', project, config)
     # mIoU over all four classes, background included (reduce_zero_label=False): a per-class row for each.
     for name in ('background', 'square', 'circle', 'triangle'):
         assert re.search(rf'\|\s*{name}\s*\|', log), log[-3000:]
@@ -216,6 +202,6 @@ def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     assert list((project / 'infer').rglob('*.png'))
 
     # mmseg's own dataset browser, through the configs' mmdualvit.SegLocalVisualizer: one picture per train image.
-    run([package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show', '--output-dir', 'browse'],
-        cwd=project)
+    run_tool([sys.executable, package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
+              '--output-dir', 'browse'], cwd=project)
     assert len(list((project / 'browse').glob('*.png'))) == 4

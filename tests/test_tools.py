@@ -1,4 +1,5 @@
 """End-to-end runs of tools/ as subprocesses on the embedded toy data (slow: a few minutes on 2 CPU cores)."""
+import json
 import os
 import re
 import subprocess
@@ -10,21 +11,12 @@ import torch
 
 import mmdualvit  # noqa: F401  (weights_only allow-list)
 from mmdualvit.datasets import make_toy_coco
-from tests.utils import free_port
+from tests.utils import REPO, fast_train_options, free_port, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
-FAST = ['train_cfg.val_interval=1000', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2']
+TRAIN, TEST = [sys.executable, REPO / 'tools/train.py'], [sys.executable, REPO / 'tools/test.py']
 
 pytestmark = pytest.mark.slow
-
-
-def run_tool(args, cwd, env_extra=None, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS='ignore', **(env_extra or {}))
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
 
 
 @pytest.fixture(scope='module')
@@ -38,10 +30,9 @@ def toy_root(tmp_path_factory):
 def trained(toy_root):
     """4 iterations with checkpoints at 2 and 4, then --resume to 6."""
     work = toy_root / 'work'
-    run_tool([sys.executable, str(REPO / 'tools/train.py'), str(TOY_DET), '--work-dir', str(work),
-              '--cfg-options', 'train_cfg.max_iters=4', *FAST], cwd=toy_root)
-    resumed = run_tool([sys.executable, str(REPO / 'tools/train.py'), str(TOY_DET), '--work-dir', str(work),
-                        '--resume', '--cfg-options', 'train_cfg.max_iters=6', *FAST], cwd=toy_root)
+    run_tool([*TRAIN, TOY_DET, '--work-dir', work, '--cfg-options', *fast_train_options(4, 2)], cwd=toy_root)
+    resumed = run_tool([*TRAIN, TOY_DET, '--work-dir', work, '--resume', '--cfg-options', *fast_train_options(6, 2)],
+                       cwd=toy_root).stdout
     return work, resumed
 
 
@@ -60,8 +51,8 @@ def test_train_then_resume_continues_iterations(trained):
 def test_test_tool_prints_coco_metrics_and_pictures(trained, toy_root):
     work, _ = trained
     show = toy_root / 'show'
-    log = run_tool([sys.executable, str(REPO / 'tools/test.py'), str(TOY_DET), str(work / 'iter_6.pth'),
-                    '--work-dir', str(toy_root / 'test'), '--show-dir', str(show)], cwd=toy_root)
+    log = run_tool([*TEST, TOY_DET, work / 'iter_6.pth', '--work-dir', toy_root / 'test', '--show-dir', show],
+                   cwd=toy_root).stdout
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log) or 'testing results of the whole dataset is empty' in log
     assert 'Load checkpoint from' in log
     assert len(list(show.glob('*.png'))) == 4
@@ -79,7 +70,7 @@ def test_checkpoints_load_where_mmdualvit_is_not_installed(trained, tmp_path):
         'import torch\n'
         f'checkpoint = torch.load({path!r}, map_location="cpu", weights_only=True)\n'
         'print("iter", checkpoint["meta"]["iter"], "tensors", len(checkpoint["state_dict"]))\n')
-    log = run_tool([sys.executable, '-c', code], cwd=tmp_path)
+    log = run_tool([sys.executable, '-c', code], cwd=tmp_path).stdout
     assert re.search(r'iter 6 tensors \d{3}', log), log
 
 
@@ -110,35 +101,29 @@ def test_test_tool_is_strict_unless_told_otherwise(trained, tmp_path):
     args = [str(tmp_path / 'backbone_only.pth'), '--work-dir', str(tmp_path / 'w')]
     # mmdet's own test.py builds the config's runner_type, so the strict loading applies there too.
     mmdet_test = Path(mmdet.__file__).parent / '.mim/tools/test.py'
-    proc = subprocess.run([sys.executable, str(mmdet_test), str(TOY_DET), *args], cwd=work.parent,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
-    output = proc.stdout + proc.stderr
+    proc = run_tool([sys.executable, mmdet_test, TOY_DET, *args], cwd=work.parent, check=False)
+    output = proc.stdout
     assert proc.returncode != 0 and 'coco/bbox_mAP' not in output
     assert f"checkpoint '{tmp_path / 'backbone_only.pth'}' does not match the model" in output
     assert re.search(r'\d+ missing in the file: (neck|rpn_head|roi_head)\.', output)
     assert '--allow-partial-load' in output
-    log = run_tool([sys.executable, str(REPO / 'tools/test.py'), str(TOY_DET), *args, '--allow-partial-load'],
-                   cwd=work.parent)
+    log = run_tool([*TEST, TOY_DET, *args, '--allow-partial-load'], cwd=work.parent).stdout
     assert 'does not match the model' in log and 'Load checkpoint from' in log
 
 
 def test_test_tool_refuses_untrusted_pickle(toy_root, tmp_path):
     evil = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'payload': os.system}, evil)  # a reference to a callable: refused by weights_only
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
-    proc = subprocess.run([sys.executable, str(REPO / 'tools/test.py'), str(TOY_DET), str(evil), '--work-dir',
-                           str(tmp_path / 'w')], cwd=toy_root, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_tool([*TEST, TOY_DET, evil, '--work-dir', tmp_path / 'w'], cwd=toy_root, check=False)
     assert proc.returncode != 0
-    assert ('needs posix.system to unpickle, which safe loading (weights_only=True) refuses'
-            in proc.stdout + proc.stderr)
+    assert 'needs posix.system to unpickle, which safe loading (weights_only=True) refuses' in proc.stdout
 
 
 def test_dist_train_two_gloo_processes_on_cpu(toy_root):
     work = toy_root / 'dist'
-    log = run_tool(['bash', str(REPO / 'tools/dist_train.sh'), str(TOY_DET), '2', '--work-dir', str(work),
-                    '--cfg-options', 'train_cfg.max_iters=2', *FAST],
-                   cwd=toy_root, env_extra=dict(PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1'))
+    log = run_tool(['bash', REPO / 'tools/dist_train.sh', TOY_DET, '2', '--work-dir', work, '--cfg-options',
+                    *fast_train_options(2)],
+                   cwd=toy_root, env=dict(PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1')).stdout
     assert 'Distributed launcher: pytorch' in log or 'distributed: True' in log
     assert 'Iter(train) [2/2]' in log
     checkpoint = torch.load(work / 'iter_2.pth', map_location='cpu', weights_only=True)
@@ -151,11 +136,10 @@ def test_segmentation_train_and_test_report_miou(tmp_path):
     config = REPO / 'configs' / 'toy' / 'upernet_dualvit_toy.py'
     # A fixed seed: 60 iterations are a short run whose mIoU depends on the initialisation (one unseeded CI run
     # scored 30.6, 1.3 under the bar below; seed 0 scores 54.65 on this project's CI machine type).
-    run_tool([sys.executable, str(REPO / 'tools/train.py'), str(config), '--work-dir', str(tmp_path / 'w'),
-              '--cfg-options', 'train_cfg.max_iters=60', 'train_cfg.val_interval=1000',
-              'default_hooks.checkpoint.interval=60', 'randomness.seed=0'], cwd=tmp_path)
-    log = run_tool([sys.executable, str(REPO / 'tools/test.py'), str(config), str(tmp_path / 'w' / 'iter_60.pth'),
-                    '--work-dir', str(tmp_path / 't'), '--show-dir', str(tmp_path / 'show')], cwd=tmp_path)
+    run_tool([*TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options', 'train_cfg.max_iters=60',
+              'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=60', 'randomness.seed=0'], cwd=tmp_path)
+    log = run_tool([*TEST, config, tmp_path / 'w' / 'iter_60.pth', '--work-dir', tmp_path / 't', '--show-dir',
+                    tmp_path / 'show'], cwd=tmp_path).stdout
     miou = float(re.search(r'mIoU: ([0-9.]+)', log).group(1))
     # mIoU counts background as one of 4 classes: painting everything background scores its pixel share / 4.
     import cv2
@@ -171,8 +155,8 @@ def test_sigkill_during_training_then_resume_completes(toy_root):
     import signal
     import time
     work = toy_root / 'killed'
-    args = [sys.executable, str(REPO / 'tools/train.py'), str(TOY_DET), '--work-dir', str(work), '--cfg-options',
-            'train_cfg.max_iters=8', *FAST]
+    args = [*TRAIN, TOY_DET, '--work-dir', work, '--cfg-options', *fast_train_options(8, 2)]
+    # Popen, not run_tool: the test kills the run while it trains.
     proc = subprocess.Popen(args, cwd=toy_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONWARNINGS='ignore'))
     deadline = time.time() + 600
@@ -181,8 +165,8 @@ def test_sigkill_during_training_then_resume_completes(toy_root):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
-    log = run_tool(args[:-len(FAST) - 2] + ['--resume', '--cfg-options', 'train_cfg.max_iters=8', *FAST],
-                   cwd=toy_root)
+    log = run_tool([*TRAIN, TOY_DET, '--work-dir', work, '--resume', '--cfg-options', *fast_train_options(8, 2)],
+                   cwd=toy_root).stdout
     resumed_from = int(re.search(r'resumed epoch: 0, iter: (\d+)', log).group(1))
     assert resumed_from in (2, 4, 6)
     assert f'Iter(train) [{resumed_from + 1}/8]' in log and 'Iter(train) [8/8]' in log
@@ -191,32 +175,49 @@ def test_sigkill_during_training_then_resume_completes(toy_root):
     assert not list(work.glob('.*.mmdualvit-tmp')), 'temporary files of interrupted writes are cleaned up or replaced'
 
 
-def test_benchmark_tool_smoke(tmp_path):
-    """tools/analysis/benchmark.py on tiny inputs: ours against a package config, table and JSON/CSV."""
-    out = tmp_path / 'bench'
-    log = run_tool([sys.executable, str(REPO / 'tools/analysis/benchmark.py'), str(TOY_DET),
-                    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '--shape', '64', '96', '--runs', '1',
-                    '--out', str(out)], cwd=tmp_path)
-    import json
-    rows = json.loads((out / 'benchmark.json').read_text())['rows']
-    assert [r['config'] for r in rows] == [str(TOY_DET), 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+def test_benchmark_tool_whole_models_and_backbones(tmp_path):
+    """tools/analysis/benchmark.py on tiny inputs, one timed run each: whole models (ours, a package config, a
+    segmentor as the baseline), then backbones (a row with its own option, --cfg-options for every row)."""
+    tool = [sys.executable, REPO / 'tools/analysis/benchmark.py', '--runs', '1', '--shape', '64', '96']
+    r50, seg = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', REPO / 'configs/toy/upernet_dualvit_toy.py'
+    log = run_tool([*tool, TOY_DET, r50, seg, '--batch', '2', '--baseline', '2', '--out', tmp_path / 'model'],
+                   cwd=tmp_path).stdout
+    figures = {f'{phase}_{figure}' for phase in ('infer', 'train') for figure in ('s', 'min_s', 'max_s', 'peak_gib')}
+    rows = json.loads((tmp_path / 'model' / 'benchmark.json').read_text())['rows']
+    assert [r['config'] for r in rows] == [str(TOY_DET), r50, str(seg)]
     for row in rows:
+        assert set(row) == {'config', 'cfg_options', 'params_m', 'gmacs', *figures}, row
         assert row['params_m'] > 1 and row['gmacs'] > 0.1 and row['infer_s'] > 0 and row['train_s'] > 0
-        assert row['train_peak_gib'] > 0
+        assert row['train_peak_gib'] > 0  # AdamW's state alone is twice the parameters
     assert abs(rows[1]['params_m'] - 44.4) < 0.1  # mmdet's Mask R-CNN R-50 (80 classes)
-    assert '(1.00x)' in log and (out / 'benchmark.csv').read_text().count('\n') == 3
-    seg = run_tool([sys.executable, str(REPO / 'tools/analysis/benchmark.py'),
-                    str(REPO / 'configs/toy/upernet_dualvit_toy.py'), '--shape', '64', '64', '--batch', '2', '--runs',
-                    '1'], cwd=tmp_path)
-    assert 'upernet_dualvit_toy.py | 1.38 (1.00x)' in seg
+    assert 'upernet_dualvit_toy.py | 1.38 (1.00x)' in log and '| train step peak mem (GiB) |' in log
+    assert (tmp_path / 'model' / 'benchmark.csv').read_text().count('\n') == 4
+
+    depths = {'model.backbone.arch.depths': [1, 1, 1, 1]}
+    log = run_tool([*tool, '--backbone-only', TOY_DET, TOY_DET, 'model.backbone.fused_attention=False',
+                    '--cfg-options', 'model.backbone.arch.depths=[1,1,1,1]', '--out', tmp_path / 'backbone'],
+                   cwd=tmp_path).stdout
+    result = json.loads((tmp_path / 'backbone' / 'benchmark.json').read_text())
+    assert result['settings']['backbone_only'] and result['settings']['cfg_options'] == depths
+    fused, explicit = result['rows']
+    assert set(fused) == set(explicit) == {'config', 'cfg_options', 'params_m', 'gmacs', *figures}
+    assert fused['cfg_options'] == {} and explicit['cfg_options'] == {'model.backbone.fused_attention': False}
+    assert f'| {TOY_DET} model.backbone.fused_attention=False | ' in log and '| forward+backward (s) |' in log
+    # --cfg-options reached both rows: the backbone of the toy config with one block per stage
+    from mmdualvit.analysis import build_from_config
+    params = {key: sum(p.numel() for p in build_from_config(str(TOY_DET), options)[0].backbone.parameters()) / 1e6
+              for key, options in [('default', None), ('depths', depths)]}
+    assert params['depths'] < params['default']
+    assert fused['params_m'] == explicit['params_m'] == pytest.approx(params['depths'])
+    # The explicit attention's matmuls are counted as the fused attention's handle counts it.
+    assert explicit['gmacs'] == pytest.approx(fused['gmacs'])
 
 
 def test_seeded_deterministic_runs_give_identical_losses(toy_root):
     """Two CPU runs with a fixed seed and randomness.deterministic=True log the same losses."""
     logs = []
     for run in range(2):
-        log = run_tool([sys.executable, str(REPO / 'tools/train.py'), str(TOY_DET), '--work-dir',
-                        str(toy_root / f'det{run}'), '--cfg-options', 'train_cfg.max_iters=3', 'randomness.seed=0',
-                        'randomness.deterministic=True', *FAST], cwd=toy_root)
+        log = run_tool([*TRAIN, TOY_DET, '--work-dir', toy_root / f'det{run}', '--cfg-options', *fast_train_options(3),
+                        'randomness.seed=0', 'randomness.deterministic=True'], cwd=toy_root).stdout
         logs.append(re.findall(r'Iter\(train\) \[\d/3\].*? loss: ([0-9.]+)', log))
     assert len(logs[0]) == 3 and logs[0] == logs[1]

@@ -141,3 +141,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def run_tool(args, cwd, *, env=None, timeout=900, check=True):
+    """Run the command line ``args`` (e.g. ``[sys.executable, REPO / 'tools/train.py', ...]``) in ``cwd`` as a user
+    would, with this checkout first on PYTHONPATH and Python's warnings off; ``env`` adds variables.
+
+    Returns the ``subprocess.CompletedProcess``, stdout and stderr together in ``.stdout``. With ``check`` (the
+    default) a non-zero exit status fails the test, showing the output's end."""
+    import os
+    import subprocess
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
+    proc = subprocess.run([str(arg) for arg in args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=pythonpath, **(env or {})))
+    if check:
+        assert proc.returncode == 0, f'exit status {proc.returncode}: {args}\n{proc.stdout[-4000:]}'
+    return proc
+
+
+def fast_train_options(max_iters: int, checkpoint_interval=None) -> list:
+    """``--cfg-options`` words of a short toy training run: ``max_iters`` iterations of 2 images, a log line each,
+    no validation, a checkpoint every ``checkpoint_interval`` iterations (default: at the end)."""
+    return [f'train_cfg.max_iters={max_iters}', 'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None',
+            'train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
+            f'default_hooks.checkpoint.interval={checkpoint_interval or max_iters}']

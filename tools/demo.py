@@ -9,7 +9,6 @@ is fixed and mmengine's deterministic mode is on, so one machine prints the same
 """
 import argparse
 import contextlib
-import io
 import json
 import os
 import os.path as osp
@@ -27,13 +26,13 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 import numpy as np  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 CONFIG = ROOT / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 SEED = 0
 SCORE_THR = 0.5  # predictions drawn in the pictures (the mAP uses all of them)
 UPSCALE = 3  # 128-px toy images become 384-px panels
-# Bright overlay colours that none of the toy shapes' own colours resemble.
+TITLE_HEIGHT = 28
+# Bright overlay colours (RGB) that none of the toy shapes' own colours resemble, in the classes' order.
 COLOURS = {'square': (255, 200, 0), 'circle': (255, 0, 220), 'triangle': (0, 235, 255)}
 
 
@@ -50,22 +49,27 @@ def parse_args(argv=None):
 
 
 def build_config(args, data_root: str, work_dir: str):
-    """The toy config with the demo's settings: seeded, deterministic, no validation loop, one COCO-format dump."""
+    """The toy config with the demo's settings: seeded, deterministic, no validation loop, COCO AP per class."""
     from mmengine.config import Config
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir = work_dir
     cfg.randomness = dict(seed=SEED, deterministic=True)
     cfg.launcher = 'none'
     # Evaluate once, after training: no validation loop (the train loop would otherwise evaluate at its last
-    # iteration), and the test loop only writes COCO result files, which main() scores with pycocotools.
+    # iteration); the test loop scores and writes the COCO result files.
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     cfg.train_cfg.val_interval = 10**9
     root = data_root.rstrip('/') + '/'
     for loader in ('train_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = root
-    cfg.test_evaluator = dict(type='CocoMetric', ann_file=root + 'annotations/instances_val.json',
-                              metric=['bbox', 'segm'], format_only=True,
-                              outfile_prefix=osp.join(work_dir, 'results'))
+    # One CocoMetric per IoU type: CocoMetric names its per-class results '<class>_precision' for bbox and segm
+    # alike, so with metric=['bbox', 'segm'] the segm values would replace the bbox ones. The first writes
+    # results.bbox.json and results.segm.json.
+    ann_file = root + 'annotations/instances_val.json'
+    cfg.test_evaluator = [
+        dict(type='CocoMetric', ann_file=ann_file, metric='bbox', classwise=True, prefix='bbox',
+             outfile_prefix=osp.join(work_dir, 'results')),
+        dict(type='CocoMetric', ann_file=ann_file, metric='segm', classwise=True, prefix='segm')]
     if args.iters is not None:
         cfg.train_cfg.max_iters = args.iters
         for scheduler in cfg.param_scheduler:
@@ -78,12 +82,12 @@ def build_config(args, data_root: str, work_dir: str):
 
 
 class _Progress(Hook):
-    """Prints one line every ``every`` iterations to the real stdout; keeps the test loop's predictions."""
+    """Prints one line every ``every`` iterations to the real stdout; keeps the test loop's data samples."""
     priority = 'LOWEST'
 
     def __init__(self, out, every: int, total: int):
         self.out, self.every, self.total, self.start = out, every, total, time.time()
-        self.predictions = []
+        self.samples = []
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         done = runner.iter + 1
@@ -93,144 +97,108 @@ class _Progress(Hook):
                   file=self.out, flush=True)
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        for sample in outputs:
-            self.predictions.append((sample.img_path, sample.pred_instances.cpu()))
+        self.samples.extend(sample.cpu() for sample in outputs)  # ground truth and predictions of each image
 
 
-def train_and_predict(cfg, out):
-    """Train, run the test loop once; Runner chatter goes to ``<work_dir>/runner.log``. Returns predictions."""
-    from mmengine.runner import Runner
+def train_and_test(cfg, out):
+    """Train, run the test loop once; Runner chatter goes to ``<work_dir>/runner.log``.
+
+    Returns (the test metrics, the test loop's data samples)."""
     import mmdualvit  # noqa: F401  (registers our modules, makes mmdualvit.* config types resolvable)
+    from mmdualvit.engine.launch import build_runner
     os.makedirs(cfg.work_dir, exist_ok=True)
-    total = cfg.train_cfg.max_iters
-    progress = _Progress(out, every=cfg.get('_progress_every', 50), total=total)
+    progress = _Progress(out, every=cfg.get('_progress_every', 50), total=cfg.train_cfg.max_iters)
     with open(osp.join(cfg.work_dir, 'runner.log'), 'w') as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        runner = Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         runner.register_hook(progress)
         runner.train()
-        runner.test()
-    return progress.predictions
+        metrics = runner.test()
+    return metrics, progress.samples
 
 
-def evaluate(ann_file: str, prefix: str, classes):
-    """COCO AP of the written result files, overall and per class, for bbox and segm (pycocotools, once each)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def ap_table(metrics: dict, classes) -> dict:
+    """``{iou_type: {'mAP', 'AP50', 'AP75', <class>: AP}}`` from the two CocoMetrics' results."""
     table = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its 12-line summary and index chatter
-        gt = COCO(ann_file)
-        for iou_type in ('bbox', 'segm'):
-            results = json.loads(Path(f'{prefix}.{iou_type}.json').read_text())
-            if iou_type == 'segm':
-                for r in results:  # score segm areas by mask, not box (as mmdet's CocoMetric does)
-                    r.pop('bbox', None)
-            if not results:
-                table[iou_type] = dict(mAP=0.0, AP50=0.0, AP75=0.0, **{c: 0.0 for c in classes})
-                continue
-            coco_eval = COCOeval(gt, gt.loadRes(results), iou_type)
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
-            row = dict(mAP=coco_eval.stats[0], AP50=coco_eval.stats[1], AP75=coco_eval.stats[2])
-            precision = coco_eval.eval['precision']  # (iou, recall, class, area, max dets)
-            for index, cat_id in enumerate(coco_eval.params.catIds):
-                name = gt.cats[cat_id]['name']
-                values = precision[:, :, index, 0, -1]
-                row[name] = float(values[values > -1].mean()) if (values > -1).any() else float('nan')
-            table[iou_type] = row
+    for iou_type in ('bbox', 'segm'):
+        if not any(key.startswith(iou_type + '/') for key in metrics):
+            # CocoMetric returns nothing for an IoU type when the model detected nothing at all: AP 0.
+            table[iou_type] = dict.fromkeys(['mAP', 'AP50', 'AP75', *classes], 0.0)
+            continue
+        row = {name: metrics[f'{iou_type}/{iou_type}_{key}'] for name, key in
+               [('mAP', 'mAP'), ('AP50', 'mAP_50'), ('AP75', 'mAP_75')]}
+        table[iou_type] = dict(row, **{c: metrics[f'{iou_type}/{c}_precision'] for c in classes})
     return table
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+def _upscaled(instances, factors, shape):
+    """``instances`` (boxes, labels, masks, scores if any) drawn on an image of ``shape`` (H, W): boxes scaled by
+    ``factors`` (x, y), masks resized."""
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    masks = instances.masks
+    masks = masks.to_ndarray() if isinstance(masks, BitmapMasks) else masks.numpy().astype(np.uint8)
+    scaled = InstanceData(bboxes=instances.bboxes * instances.bboxes.new_tensor(list(factors) * 2),
+                          labels=instances.labels, masks=BitmapMasks(masks, *masks.shape[1:]).resize(shape))
+    if 'scores' in instances:
+        scaled.scores = instances.scores
+    return scaled
 
 
-def _label(draw, xy, text, colour, font, bounds):
-    """Text on a filled box, shifted so that it stays inside ``bounds`` (x0, y0, x1, y1)."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    w, h = right - left + 6, bottom - top + 4
-    x = min(max(xy[0], bounds[0]), bounds[2] - w)
-    y = xy[1] - h if xy[1] - h >= bounds[1] else xy[1]
-    y = min(y, bounds[3] - h)
-    draw.rectangle((x, y, x + w, y + h), fill=colour)
-    draw.text((x + 3 - left, y + 2 - top), text, fill=(0, 0, 0), font=font)
-
-
-def _panel(image: np.ndarray, instances, title: str, font, title_font) -> Image.Image:
-    """One upscaled, titled panel: masks blended, boxes and ``class score`` labels drawn inside the image."""
-    scale = UPSCALE
-    base = image.astype(np.float32)
-    for inst in instances:
-        colour = np.array(COLOURS.get(inst['name'], (200, 200, 0)), np.float32)
-        mask = inst['mask'].astype(bool)
-        base[mask] = 0.55 * base[mask] + 0.45 * colour
-    h, w = image.shape[:2]
-    img = Image.fromarray(base.clip(0, 255).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
-    title_h = 28
-    panel = Image.new('RGB', (w * scale, h * scale + title_h), (255, 255, 255))
-    panel.paste(img, (0, title_h))
-    draw = ImageDraw.Draw(panel)
-    draw.text((6, 4), title, fill=(0, 0, 0), font=title_font)
-    bounds = (0, title_h, w * scale, h * scale + title_h)
-    for inst in instances:
-        x0, y0, x1, y1 = [v * scale for v in inst['bbox']]
-        colour = COLOURS.get(inst['name'], (200, 200, 0))
-        draw.rectangle((x0, y0 + title_h, x1, y1 + title_h), outline=colour, width=3)
-        text = inst['name'] if inst.get('score') is None else f"{inst['name']} {inst['score']:.2f}"
-        _label(draw, (x0, y0 + title_h), text, colour, font, bounds)
-    return panel
-
-
-def draw_pictures(predictions, ann_file: str, out_dir: str):
-    """One ``ground truth | prediction`` picture per val image and a contact sheet of all of them."""
-    from pycocotools.coco import COCO
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-    names = {c['id']: c['name'] for c in gt.loadCats(gt.getCatIds())}
-    classes = [names[k] for k in sorted(names)]
-    by_file = {img['file_name']: img for img in gt.loadImgs(gt.getImgIds())}
-    font, title_font = _font(14), _font(18)
+def draw_pictures(samples, classes, out_dir: str):
+    """One ``ground truth | prediction`` picture per val image (mmdet's DetLocalVisualizer on the image upscaled
+    ``UPSCALE`` times, under a title strip) and a contact sheet of all of them. Returns (picture sizes, sheet)."""
+    import cv2
+    import mmcv
+    from mmdet.structures import DetDataSample
+    from mmdet.visualization import DetLocalVisualizer
+    palette = [COLOURS[name] for name in classes]
+    visualizer = DetLocalVisualizer(name='mmdualvit_demo', bbox_color=palette, mask_color=palette,
+                                    text_color=(255, 255, 255), line_width=2, alpha=0.6)
+    visualizer.dataset_meta = dict(classes=classes, palette=palette)
+    # DetLocalVisualizer jitters each mask's colour with numpy's global RNG: seeded, every run draws the same.
+    np.random.seed(SEED)
+    # mmengine warns about every box that touches the right or bottom edge (x2 = width is a valid mmdet box).
+    warnings.filterwarnings('ignore', message='Warning: The (bbox|polygon) is out of bounds')
     os.makedirs(out_dir, exist_ok=True)
-    pairs = []
-    for img_path, pred in sorted(predictions, key=lambda p: p[0]):
-        info = by_file[osp.basename(img_path)]
-        image = np.asarray(Image.open(img_path).convert('RGB'))
-        truth = []
-        for ann in gt.loadAnns(gt.getAnnIds(imgIds=info['id'])):
-            x, y, w, h = ann['bbox']
-            truth.append(dict(name=names[ann['category_id']], mask=gt.annToMask(ann), bbox=(x, y, x + w, y + h)))
-        keep = pred.scores >= SCORE_THR
-        shown = [dict(name=classes[int(label)], score=float(score), mask=mask.numpy(), bbox=box.tolist())
-                 for label, score, mask, box in zip(pred.labels[keep], pred.scores[keep], pred.masks[keep],
-                                                    pred.bboxes[keep])]
-        left = _panel(image, truth, 'ground truth', font, title_font)
-        right = _panel(image, shown, f'prediction (score >= {SCORE_THR})', font, title_font)
-        pair = Image.new('RGB', (left.width + right.width + 8, left.height), (255, 255, 255))
-        pair.paste(left, (0, 0))
-        pair.paste(right, (left.width + 8, 0))
-        pair.save(osp.join(out_dir, osp.splitext(info['file_name'])[0] + '.png'))
-        pairs.append(pair)
+    pictures = []
+    for sample in sorted(samples, key=lambda s: s.img_path):
+        image = mmcv.imread(sample.img_path, channel_order='rgb')
+        height, width = image.shape[:2]
+        shape = (height * UPSCALE, width * UPSCALE)
+        # Ground truth is in the test pipeline's resized frame, predictions in the original image's.
+        scale_y, scale_x = (s / g for s, g in zip(shape, sample.img_shape))
+        shown = DetDataSample(
+            gt_instances=_upscaled(sample.gt_instances, (scale_x, scale_y), shape),
+            pred_instances=_upscaled(sample.pred_instances[sample.pred_instances.scores > SCORE_THR],
+                                     (UPSCALE, UPSCALE), shape))
+        visualizer.add_datasample('demo', mmcv.imresize(image, shape[::-1], interpolation='nearest'), shown,
+                                  pred_score_thr=SCORE_THR)
+        drawn = visualizer.get_image()  # ground truth left, prediction right
+        visualizer.set_image(np.full((TITLE_HEIGHT, drawn.shape[1], 3), 255, np.uint8))
+        visualizer.draw_texts(['ground truth', f'prediction (score > {SCORE_THR})'],
+                              np.array([[6, 4], [shape[1] + 6, 4]]), font_sizes=14, colors='black')
+        picture = np.concatenate([visualizer.get_image(), drawn])
+        mmcv.imwrite(picture[..., ::-1], osp.join(out_dir, osp.splitext(osp.basename(sample.img_path))[0] + '.png'))
+        pictures.append(picture)
     # JPEG: the toy images' pixel noise makes a PNG of the sheet ~1 MB.
     sheet_path = osp.join(osp.dirname(out_dir), 'contact_sheet.jpg')
-    contact_sheet(pairs).save(sheet_path, quality=88)
-    return [p.size for p in pairs], sheet_path
+    mmcv.imwrite(contact_sheet(pictures)[..., ::-1], sheet_path, params=[cv2.IMWRITE_JPEG_QUALITY, 88])
+    return [p.shape[1::-1] for p in pictures], sheet_path
 
 
-def contact_sheet(pairs, columns: int = 4, scale: float = 0.5) -> Image.Image:
+def contact_sheet(pictures, columns: int = 4, scale: float = 0.5, gap: int = 10) -> np.ndarray:
     """All pictures in a grid, each shrunk by ``scale`` (a 128-px image shows at 1.5x its size)."""
-    tiles = [p.resize((round(p.width * scale), round(p.height * scale)), Image.LANCZOS) for p in pairs]
-    tw, th = tiles[0].size
+    import mmcv
+    tiles = [mmcv.imrescale(p, scale, interpolation='lanczos') for p in pictures]
+    th, tw = tiles[0].shape[:2]
     rows = -(-len(tiles) // columns)
-    gap = 10
-    sheet = Image.new('RGB', (columns * tw + (columns + 1) * gap, rows * th + (rows + 1) * gap), (235, 235, 235))
+    sheet = np.full((rows * th + (rows + 1) * gap, columns * tw + (columns + 1) * gap, 3), 235, np.uint8)
     for index, tile in enumerate(tiles):
         r, c = divmod(index, columns)
-        sheet.paste(tile, (gap + c * (tw + gap), gap + r * (th + gap)))
+        top, left = gap + r * (th + gap), gap + c * (tw + gap)
+        sheet[top:top + th, left:left + tw] = tile
     return sheet
 
 
@@ -249,10 +217,10 @@ def main(argv=None):
     total = cfg.train_cfg.max_iters
     print(f'2. training  {total} iterations, batch {cfg.train_dataloader.batch_size}, seed {SEED}, deterministic '
           f'(Runner log: {osp.join(args.work_dir, "runner.log")})', flush=True)
-    predictions = train_and_predict(cfg, out)
+    metrics, samples = train_and_test(cfg, out)
     prefix = osp.join(args.work_dir, 'results')
-    print(f'3. testing   {len(predictions)} val images, results in {prefix}.{{bbox,segm}}.json')
-    table = evaluate(info['val']['ann_file'], prefix, classes)
+    print(f'3. testing   {len(samples)} val images, results in {prefix}.{{bbox,segm}}.json')
+    table = ap_table(metrics, classes)
     print('\n   COCO AP on the toy val split        bbox    segm')
     rows = [('mAP (IoU .50:.95)', 'mAP'), ('AP50', 'AP50'), ('AP75', 'AP75')]
     rows += [(f'AP of {name}', name) for name in classes]
@@ -261,7 +229,7 @@ def main(argv=None):
     with open(osp.join(args.work_dir, 'metrics.json'), 'w') as f:
         json.dump(table, f, indent=1)
     pictures = osp.join(args.work_dir, 'predictions')
-    sizes, sheet = draw_pictures(predictions, info['val']['ann_file'], pictures)
+    sizes, sheet = draw_pictures(samples, classes, pictures)
     width, height = sizes[0]
     print(f'\n4. pictures  {pictures}/*.png: {len(sizes)} pictures of {width}x{height} px '
           f'(left ground truth, right prediction, {UPSCALE}x upscaled)')

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-process training with torchrun: bash tools/dist_train.sh CONFIG NUM_PROCS [train.py args...]
-# GPU nodes: one process per GPU (NCCL). CPU-only machines: gloo processes (tools/train.py sets that up).
+# GPU nodes: one process per GPU (NCCL). CPU-only machines: gloo processes (tools/train.py sets them up through
+# mmdualvit.engine.launch.distributed_session).
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR, PORT on each node.
 set -euo pipefail
 CONFIG=$1

@@ -1,17 +1,29 @@
-"""Whole-model benchmark of detectors/segmentors side by side: params, GMACs, latency, training step, peak memory.
+"""Benchmark configs side by side: params, GMACs, latency and peak memory of whole models or of their backbones.
 
-    python tools/analysis/benchmark.py configs/maskrcnn_dualvit_s_coco.py \
-        mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
-        --shape 800 1344 --runs 3 --out work_dirs/benchmark
+    # whole detectors/segmentors: inference (mode='predict') and a training step (loss, backward, AdamW step)
+    python tools/analysis/benchmark.py configs/peers/maskrcnn_pvtv2_b2_coco.py configs/maskrcnn_dualvit_s_coco.py \
+        mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py --shape 800 1344 --runs 2 --out work_dirs/benchmark
 
-Each config is measured in a fresh process (so peak memory is its own): parameters and GMACs (mmengine's analyzer
-plus LSTM and fused-attention handles), inference latency (``mode='predict'``), training-step latency (loss,
-backward, AdamW step), each the median of ``--runs`` after a warm-up, and peak memory of the training step (CUDA
-max allocated on GPU; peak RSS above the idle process on CPU). Results are printed as a table with ratios against
-the ``--baseline`` row and written as JSON and CSV.
+    # backbones only (forward, forward+backward): KEY=VALUE words after a config are options of that row alone,
+    # so one run measures Dual-ViT-S with fused and with explicit attention
+    python tools/analysis/benchmark.py --backbone-only --shape 800 1344 --runs 2 \
+        configs/maskrcnn_dualvit_s_coco.py configs/maskrcnn_dualvit_s_coco.py model.backbone.fused_attention=False
+
+    # a timm model without its classifier as a backbone row (needs timm), e.g. Sequencer2D-S against timm's
+    python tools/analysis/benchmark.py --backbone-only --shape 224 224 --runs 7 \
+        configs/imagenet_sequencer2d_s.py timm::sequencer2d_s
+
+Each row is measured in a fresh process, so that its peak memory is its own: parameters and GMACs of one image
+(mmengine's analyzer with our LSTM and fused-attention handles, ``mmdualvit.analysis``), the latency of each phase
+(median of ``--runs`` after one warm-up, ``--batch`` images) and its peak memory: CUDA max allocated above the
+phase's start on GPU; on CPU the phase's peak RSS (Linux's VmHWM, reset when the phase starts) above the process's
+RSS once model and input exist. ``--cfg-options`` apply to every config row, before the
+row's own options. The table gives each figure with its ratio to the ``--baseline`` row; ``--out`` also writes every
+figure as JSON and CSV.
 """
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import resource
@@ -19,6 +31,54 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable, List, Optional
+
+from mmengine.config import DictAction
+
+TIMM = 'timm::'
+
+
+@dataclasses.dataclass
+class Settings:
+    """How every row is measured (the same for all rows of one run; passed to each worker process)."""
+    shape: List[int]
+    batch: int = 1
+    runs: int = 3
+    device: str = 'cpu'
+    amp: bool = False
+    backbone_only: bool = False
+    threads: Optional[int] = None
+    cfg_options: dict = dataclasses.field(default_factory=dict)  # of every config row, before the row's own
+
+
+@dataclasses.dataclass
+class Row:
+    """One row of the table: a config (or ``timm::NAME``) and the config options of this row alone."""
+    config: str
+    cfg_options: dict
+
+    @property
+    def label(self) -> str:
+        return ' '.join([self.config, *(f'{k}={v}' for k, v in self.cfg_options.items())])
+
+
+@dataclasses.dataclass
+class Target:
+    """What a worker measures: the module (switched to eval() for inference and to train() for training),
+    its parameters and MACs, and the two timed steps of one row."""
+    module: object
+    params: int
+    macs: int
+    infer: Callable[[], None]
+    train: Callable[[], None]
+
+
+# The table's columns after the config: (key of a measured row, title); {infer} and {train} name the phases of the
+# mode (PHASES). A figure measure() adds to its rows becomes a column by one entry here.
+COLUMNS = [('params_m', 'params (M)'), ('gmacs', 'GMACs'), ('infer_s', '{infer} (s)'),
+           ('infer_peak_gib', '{infer} peak mem (GiB)'), ('train_s', '{train} (s)'),
+           ('train_peak_gib', '{train} peak mem (GiB)')]
+PHASES = {False: dict(infer='inference', train='train step'), True: dict(infer='forward', train='forward+backward')}
 
 
 def _rss() -> int:
@@ -26,129 +86,239 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def measure(config: str, shape, batch: int, runs: int, device: str, amp: bool) -> dict:
-    """All figures for one config (runs in the worker process)."""
+def _reset_peak_rss() -> None:
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # Linux >= 4.0: the peak RSS (VmHWM) restarts from the current RSS
+
+
+def _peak_rss() -> int:
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:'))
+
+
+def _whole_model(model, cfg, settings: Settings, autocast) -> Target:
+    """Inference through ``mode='predict'``; a training step of loss, backward and an AdamW step."""
     import torch
 
-    import mmdualvit  # noqa: F401
-    from mmdualvit.analysis import build_from_config, model_complexity, synthetic_batch
-
-    model, cfg = build_from_config(config)
-    if cfg.default_scope == 'mmseg' and batch < 2:
-        raise ValueError('mmseg decode heads with BatchNorm need at least 2 images per training step; '
-                         'pass --batch 2 for segmentation configs.')
+    from mmdualvit.analysis import model_complexity, synthetic_batch
+    if cfg.default_scope not in ('mmdet', 'mmseg'):
+        raise ValueError(f'whole-model rows need an mmdet or mmseg config, not {cfg.default_scope!r}; '
+                         'pass --backbone-only to measure its backbone.')
     if cfg.default_scope == 'mmseg':
-        model.data_preprocessor.size = tuple(shape)  # measure at --shape, not padded to the config's crop size
-    macs, params = model_complexity(model.eval(), shape)
-    model.to(device)
-    data = synthetic_batch(cfg, tuple(shape), batch)
-    autocast = torch.autocast(device, dtype=torch.bfloat16 if device == 'cpu' else torch.float16, enabled=amp)
-
-    def sync():
-        if device == 'cuda':
-            torch.cuda.synchronize()
+        if settings.batch < 2:
+            raise ValueError('mmseg decode heads with BatchNorm need at least 2 images per training step; '
+                             'pass --batch 2 for segmentation configs.')
+        model.data_preprocessor.size = tuple(settings.shape)  # measure at --shape, not padded to the crop size
+    macs, params = model_complexity(model.eval(), settings.shape)
+    model.to(settings.device)
+    data = synthetic_batch(cfg, tuple(settings.shape), settings.batch)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def infer():
         with torch.no_grad(), autocast:
             model(**model.data_preprocessor(data, False), mode='predict')
-        sync()
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def train_step():
+    def train():
         with autocast:
             losses = model(**model.data_preprocessor(data, True), mode='loss')
         loss, _ = model.parse_losses(losses)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync()
 
-    def timed(fn):
-        fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), min(times), max(times)
+    return Target(model, params, macs, infer, train)
 
-    model.eval()
-    infer_t = timed(infer)
-    model.train()
-    idle = _rss()
-    if device == 'cuda':
+
+def _backbone(module, settings: Settings, autocast) -> Target:
+    """Forward of random images; forward+backward of the mean of every output (no optimizer step)."""
+    import torch
+
+    from mmdualvit.analysis import complexity
+    with torch.no_grad():
+        macs, params = complexity(module.eval(), (torch.rand(1, 3, *settings.shape), ))
+    module.to(settings.device)
+    images = torch.randn(settings.batch, 3, *settings.shape, device=settings.device)
+
+    def infer():
+        with torch.no_grad(), autocast:
+            module(images)
+
+    def train():
+        with autocast:
+            outs = module(images)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs, )
+        sum(out.float().mean() for out in outs).backward()
+
+    return Target(module, params, macs, infer, train)
+
+
+def build_target(row: Row, settings: Settings) -> Target:
+    """The module of ``row`` (on CPU, no pretrained weights) and its steps, as ``settings`` ask."""
+    import torch
+    autocast = torch.autocast(settings.device, dtype=torch.bfloat16 if settings.device == 'cpu' else torch.float16,
+                              enabled=settings.amp)
+    if row.config.startswith(TIMM):
+        if not settings.backbone_only:
+            raise ValueError(f'{row.config}: a timm model is measured as a backbone; pass --backbone-only.')
+        import timm
+        # No classifier and no pooling: forward returns the features (for sequencer2d_* those of forward_features).
+        module = timm.create_model(row.config[len(TIMM):], pretrained=False, num_classes=0, global_pool='')
+        return _backbone(module, settings, autocast)
+    from mmdualvit.analysis import build_from_config
+    model, cfg = build_from_config(row.config, {**settings.cfg_options, **row.cfg_options})
+    if settings.backbone_only:
+        return _backbone(model.backbone, settings, autocast)
+    return _whole_model(model, cfg, settings, autocast)
+
+
+def timed(step: Callable[[], None], settings: Settings, idle_rss: int) -> tuple:
+    """(median, min, max) seconds of ``step`` over ``settings.runs`` after a warm-up, and its peak memory in bytes."""
+    import torch
+    cuda = settings.device == 'cuda'
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-        idle = torch.cuda.memory_allocated()
-    train_t = timed(train_step)
-    if device == 'cuda':
-        peak = torch.cuda.max_memory_allocated() - idle
+        base = torch.cuda.memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - idle
-    return dict(config=config, params_m=params / 1e6, gmacs=macs / 1e9, infer_s=infer_t[0], infer_min_s=infer_t[1],
-                infer_max_s=infer_t[2], train_s=train_t[0], train_min_s=train_t[1], train_max_s=train_t[2],
-                train_peak_gib=peak / 2**30)
+        _reset_peak_rss()
+    times = []
+    for run in range(settings.runs + 1):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if run:  # run 0 is the warm-up
+            times.append(time.perf_counter() - start)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _peak_rss() - idle_rss
+    return statistics.median(times), min(times), max(times), peak
 
 
-COLUMNS = [('params_m', 'params (M)'), ('gmacs', 'GMACs'), ('infer_s', 'inference (s)'),
-           ('train_s', 'train step (s)'), ('train_peak_gib', 'train peak mem (GiB)')]
+def measure(row: Row, settings: Settings) -> dict:
+    """All figures of one row (runs in the worker process)."""
+    import torch
+
+    import mmdualvit  # noqa: F401  (registers our modules)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(0)
+    target = build_target(row, settings)
+    result = dict(config=row.config, cfg_options=row.cfg_options, params_m=target.params / 1e6,
+                  gmacs=target.macs / 1e9)
+    idle = _rss()
+    for phase, step, train in (('infer', target.infer, False), ('train', target.train, True)):
+        target.module.train(train)
+        median, low, high, peak = timed(step, settings, idle)
+        result.update({f'{phase}_s': median, f'{phase}_min_s': low, f'{phase}_max_s': high,
+                       f'{phase}_peak_gib': peak / 2**30})
+    return result
 
 
-def table(rows, baseline: int) -> str:
+def table(rows: List[dict], baseline: int, backbone_only: bool) -> str:
     """Markdown table: each figure with its ratio to the baseline row."""
     base = rows[baseline]
-    lines = ['| config | ' + ' | '.join(name for _, name in COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
+    titles = [title.format(**PHASES[backbone_only]) for _, title in COLUMNS]
+    lines = ['| config | ' + ' | '.join(titles) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
     for row in rows:
+        label = Row(row['config'], row.get('cfg_options', {})).label
         if 'error' in row:
-            lines.append(f"| {row['config']} | error: {row['error']} |")
+            lines.append(f"| {label} | error: {row['error']} |")
             continue
-        cells = [f'{row[key]:.2f} ({row[key] / base[key]:.2f}x)' if 'error' not in base else f'{row[key]:.2f}'
+        cells = [f'{row[key]:.2f}' if 'error' in base else f'{row[key]:.2f} ({row[key] / base[key]:.2f}x)'
                  for key, _ in COLUMNS]
-        lines.append(f"| {row['config']} | " + ' | '.join(cells) + ' |')
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def parse_rows(words: List[str]) -> List[Row]:
+    """Rows from the command line: each config (a ``.py`` file or ``timm::NAME``) followed by its own KEY=VALUE
+    options, parsed as mmengine's ``--cfg-options`` are."""
+    parser = argparse.ArgumentParser(prog='benchmark.py')
+    parser.add_argument('--options', nargs='+', action=DictAction)
+    groups: List[tuple] = []
+    for word in words:
+        if word.endswith('.py') or word.startswith(TIMM):
+            groups.append((word, []))
+        elif '=' in word and groups and not groups[-1][0].startswith(TIMM):
+            groups[-1][1].append(word)
+        else:
+            raise SystemExit(f'benchmark.py: {word!r} is neither a config (.py, timm::NAME) nor a KEY=VALUE option '
+                             'following a config file')
+    return [Row(config, parser.parse_args(['--options', *options]).options if options else {})
+            for config, options in groups]
+
+
+def run_worker(row: Row, settings: Settings) -> dict:
+    """``measure(row, settings)`` in a fresh process; a row with ``error`` (the worker's last stderr line) if it
+    fails."""
+    job = json.dumps(dict(row=dataclasses.asdict(row), settings=dataclasses.asdict(settings)))
+    proc = subprocess.run([sys.executable, __file__, '--worker', job], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    if proc.returncode != 0:
+        return dict(config=row.config, cfg_options=row.cfg_options,
+                    error=(proc.stderr.strip().splitlines() or ['?'])[-1][:200])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write(out: str, header: str, settings: Settings, rows: List[dict]) -> None:
+    """benchmark.json (the setting line, the settings and the rows) and benchmark.csv (one line per row)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'benchmark.json'), 'w') as f:
+        json.dump(dict(setting=header, settings=dataclasses.asdict(settings), rows=rows), f, indent=1)
+    keys = sorted({k for row in rows for k in row})
+    with open(os.path.join(out, 'benchmark.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument('configs', nargs='+', help='config files or package configs (mmdet::..., mmseg::...)')
+    parser.add_argument('rows', nargs='*', metavar='CONFIG [KEY=VALUE ...]',
+                        help='config files, package configs (mmdet::..., mmseg::...) or timm::NAME (--backbone-only), '
+                             'each optionally followed by config options of that row alone')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help="measure the config's backbone: forward and forward+backward on random images")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='config options of every row')
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344], metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--amp', action='store_true', help='autocast: fp16 on GPU, bfloat16 on CPU')
+    parser.add_argument('--threads', type=int, help="torch's intra-op threads (default: torch's own choice)")
     parser.add_argument('--baseline', type=int, default=0, help='index of the row the ratios refer to')
     parser.add_argument('--out', help='folder for benchmark.json and benchmark.csv')
-    parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(measure(Row(**job['row']), Settings(**job['settings']))))
+        return
+    rows = parse_rows(args.rows)
+    if not rows:
+        parser.error('name at least one config')
+    if not 0 <= args.baseline < len(rows):
+        parser.error(f'--baseline {args.baseline}: there are {len(rows)} rows (0 to {len(rows) - 1})')
     if args.device is None:
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.worker:
-        print(json.dumps(measure(args.configs[0], args.shape, args.batch, args.runs, args.device, args.amp)))
-        return
-    rows = []
-    for config in args.configs:
-        cmd = [sys.executable, __file__, config, '--worker', '--shape', *map(str, args.shape), '--batch',
-               str(args.batch), '--runs', str(args.runs), '--device', args.device] + (['--amp'] if args.amp else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS='ignore'))
-        if proc.returncode != 0:
-            rows.append(dict(config=config, error=(proc.stderr.strip().splitlines() or ['?'])[-1][:200]))
-        else:
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"measured {config}: {rows[-1].get('error') or 'ok'}", flush=True)
-    header = (f'input {args.shape[0]}x{args.shape[1]}, batch {args.batch}, {args.device}'
-              f"{', amp' if args.amp else ''}, median of {args.runs} runs; ratios vs {args.configs[args.baseline]}")
+    settings = Settings(shape=args.shape, batch=args.batch, runs=args.runs, device=args.device, amp=args.amp,
+                        backbone_only=args.backbone_only, threads=args.threads, cfg_options=args.cfg_options or {})
+    results = []
+    for row in rows:
+        results.append(run_worker(row, settings))
+        print(f"measured {row.label}: {results[-1].get('error') or 'ok'}", flush=True)
+    what = 'backbone' if settings.backbone_only else 'whole model'
+    extras = [f'{settings.threads} threads'] if settings.threads else []
+    extras += [f'{k}={v}' for k, v in settings.cfg_options.items()]
+    header = (f'{what}, input {settings.shape[0]}x{settings.shape[1]}, batch {settings.batch}, {settings.device}'
+              f"{', amp' if settings.amp else ''}{''.join(', ' + e for e in extras)}, median of {settings.runs} runs; "
+              f'ratios vs {rows[args.baseline].label}')
     print(header)
-    print(table(rows, args.baseline))
+    print(table(results, args.baseline, settings.backbone_only))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, 'benchmark.json'), 'w') as f:
-            json.dump(dict(setting=header, rows=rows), f, indent=1)
-        keys = sorted({k for row in rows for k in row})
-        with open(os.path.join(args.out, 'benchmark.csv'), 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        write(args.out, header, settings, results)
 
 
 if __name__ == '__main__':

@@ -2,8 +2,8 @@
 # Build a second environment with an older torch from PyPI (as in a typical existing mmdet 3.3 / mmseg 1.2 setup),
 # compile mmcv 2.1.0 against it, install mmdualvit and run the whole test suite there.
 #
-#   bash tools/install/old_torch_env.sh 2.1.2            # venv .venv-torch2.1.2, torchvision 0.16.2, numpy<2
-#   bash tools/install/old_torch_env.sh 2.0.1 0.15.2     # torchvision given explicitly
+#   bash dev/old_torch_env.sh 2.1.2         # venv .venv-torch2.1.2, torchvision 0.16.2, numpy<2
+#   bash dev/old_torch_env.sh 2.0.1 0.15.2  # torchvision given explicitly
 #   (make old-torch-env TORCH=2.1.2 does the same)
 #
 # Settings as for setup_env.sh (PYTHON, MAX_JOBS, ...); VENV defaults to .venv-torch<version>. Only the OpenMMLab
@@ -11,7 +11,7 @@
 # old torch and numpy<2 (the newest pins there are built for numpy 2 / torch 2.14).
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
 torch_version=${1:?usage: old_torch_env.sh TORCH_VERSION [TORCHVISION_VERSION]}
 case $torch_version in
     2.0.*) default_tv=0.15.2 ;; 2.1.*) default_tv=0.16.2 ;; 2.2.*) default_tv=0.17.2 ;;

@@ -4,8 +4,8 @@
 # PyPI, the C++20 nvcc/g++ wrappers), same mmcv setup.py, same build.ninja written by torch's BuildExtension; then
 # only the chosen sources are compiled from that build.ninja, not all ~200 (hours on 2 cores).
 #
-#   bash tools/install/prove_cuda_compile.sh                    # .venv, nms_cuda.cu + roi_align_cuda.cu + nms.cpp
-#   VENV=/path/to/venv bash tools/install/prove_cuda_compile.sh pytorch/cuda/nms_cuda.cu
+#   bash dev/prove_cuda_compile.sh  # .venv, nms_cuda.cu + roi_align_cuda.cu + nms.cpp
+#   VENV=/path/to/venv bash dev/prove_cuda_compile.sh pytorch/cuda/nms_cuda.cu
 #
 # Sources are paths under mmcv/ops/csrc/. TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200). Like setup_env.sh, it
 # pip-installs nvidia-cuda-nvcc/-crt/-cccl and nvidia-nvvm of torch's CUDA release into the venv (once); mmcv's
@@ -14,7 +14,7 @@
 # out (control: with torch >= 2.10 the compile must then fail on ATen's "C++20 or later" #error).
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=tools/install/lib.sh
 . "$root/tools/install/lib.sh"
 venv=${VENV:-$root/.venv}
