@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from tests.utils import DATA_DIR, INPUTS, make_input, official_keys, reference_state_dict
+from tests.utils import DATA_DIR, INPUTS, make_input, official_keys
 
 FINGERPRINTS = json.loads((DATA_DIR / 'fingerprints.json').read_text())
 
 
 @pytest.mark.parametrize('model_name', sorted(FINGERPRINTS['weights']))
-def test_reference_weights_match_their_fingerprint(model_name):
+def test_reference_weights_match_their_fingerprint(model_name, reference_weights):
     expected = FINGERPRINTS['weights'][model_name]
-    state_dict = reference_state_dict(model_name)
+    state_dict = reference_weights(model_name)
     digest = hashlib.sha256()
     for key in official_keys(model_name):  # the spec's order
         digest.update(state_dict[key].contiguous().numpy().tobytes())
