@@ -373,6 +373,12 @@ class DualViT(BaseBackbone):
                 self.add_module(f'norm{i + 1}', _block_norm(dim))
             if i < last:
                 self.add_module(f'norm_proxy{i + 1}', _block_norm(dim))
+        # Channels-last conv weights make every conv read and write channels-last maps, which are the token
+        # sequences' own memory layout: tokens <-> maps are then views, not copies (the depthwise convs of the FFNs,
+        # the stem's and the downsamplings' outputs, the stage outputs read by the next stage), and oneDNN runs the
+        # convs without reordering. Only strides change: names, values and checkpoints stay as they are, and
+        # loading (an in-place copy) keeps the layout.
+        self.to(memory_format=torch.channels_last)
         self._freeze_stages()
 
     def _check_arch(self, settings: dict) -> None:
@@ -502,7 +508,9 @@ class DualViT(BaseBackbone):
             if self.out_type == 'raw' and i == self.num_stages - 1:
                 out = (x, semantics)  # for DualViTClsHead, which owns the final norm
             else:
-                x = out = _tokens_to_map(getattr(self, f'norm{i + 1}')(x), hw).contiguous()
+                # A channels-last view, which the next stage's convs read as it is; the outputs are NCHW-contiguous.
+                x = _tokens_to_map(getattr(self, f'norm{i + 1}')(x), hw)
+                out = x.contiguous() if i in self.out_indices else None
                 if i < self.num_stages - 1:
                     semantics = getattr(self, f'norm_proxy{i + 1}')(semantics)
             if i in self.out_indices:
