@@ -1,4 +1,4 @@
-"""Layer helpers shared by the models: gradient checkpointing, multi-head attention, checkpoint conversion."""
+"""Layer helpers shared by the models: gradient checkpointing, multi-head attention, checkpoint conversion, compile."""
 from collections import OrderedDict
 from typing import Dict, Sequence
 
@@ -13,6 +13,27 @@ def checkpointed(module: nn.Module, with_cp: bool, *args):
     if with_cp and torch.is_grad_enabled() and any(a.requires_grad for a in args if torch.is_tensor(a)):
         return cp.checkpoint(module, *args, use_reentrant=False)
     return module(*args)
+
+
+def compile_backbone(model: nn.Module, **compile_kwargs) -> nn.Module:
+    """``torch.compile`` the backbone of ``model`` (a detector, segmentor or classifier, DDP-wrapped or not) in place.
+
+    Only the backbone: it compiles as one graph, whereas a whole model's data samples, proposals and
+    post-processing break graphs (mmengine's ``compile=True`` compiles ``train_step`` whole, and only when
+    training). ``nn.Module.compile`` keeps the parameter names, so checkpoints save and load as without compile.
+    Dynamo's LSTM support (``torch._dynamo.config.allow_rnn``, process-wide) is switched on, without which every
+    LSTM of Sequencer2D is a graph break. ``compile_kwargs`` go to ``torch.compile``. Returns the backbone.
+    """
+    from mmengine.model import is_model_wrapper
+    if is_model_wrapper(model):
+        model = model.module
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, nn.Module):
+        raise ValueError(f'compile_backbone: {type(model).__name__} has no backbone module to compile; compile the '
+                         f'model itself with torch.compile (or mmengine\'s compile=True for its train_step).')
+    torch._dynamo.config.allow_rnn = True
+    backbone.compile(**compile_kwargs)
+    return backbone
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
