@@ -6,7 +6,8 @@
 1. Environment: GPU, torch / CUDA / cuDNN versions, and mmcv's ops run on a CUDA tensor (tools/install/check_env.py).
 2. ``pytest -m cuda tests``: CUDA vs CPU reference of both backbones, an fp16 AmpOptimWrapper training step of the
    Mask R-CNN / RetinaNet / UperNet configs, Dual-ViT on a fused SDPA kernel, Sequencer2D's LSTMs on cuDNN.
-3. Benchmark rows on the GPU with fp16 autocast (tools/analysis/benchmark.py): the Mask R-CNN set of README at
+3. Benchmark rows on the GPU with fp16 autocast (tools/analysis/benchmark.py), each eager and with its backbone
+   torch.compile'd, against the GPU's measured fp32/fp16/bf16 GEMM peaks: the Mask R-CNN set of README at
    800x1344, the UperNet set at 512x512 (batch 2), and the backbones at 800x1344 (Dual-ViT-S with fused and with
    explicit attention, Sequencer2D-S).
 Exits 1 if a check fails, 2 if no CUDA device is visible.
@@ -63,11 +64,11 @@ def run_tests(out: Path) -> list:
 
 
 def run_benchmarks(runs: int, out: Path) -> list:
-    """benchmark.py's markdown tables (fp16 autocast on the GPU), one per family."""
+    """benchmark.py's markdown tables (fp16 autocast on the GPU, eager and compiled rows), one per family."""
     tables = []
     for i, (configs, args) in enumerate(BENCHMARKS):
         cmd = [sys.executable, str(ROOT / 'tools' / 'analysis' / 'benchmark.py'), *configs, *args, '--device', 'cuda',
-               '--amp', '--runs', str(runs), '--out', str(out / f'benchmark{i}')]
+               '--amp', '--compile', '--runs', str(runs), '--out', str(out / f'benchmark{i}')]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if not line.startswith('measured ')]
         tables.append('\n'.join(lines) if proc.returncode == 0 else f'benchmark failed:\n{proc.stderr[-2000:]}')

@@ -175,6 +175,32 @@ def test_sigkill_during_training_then_resume_completes(toy_root):
     assert not list(work.glob('.*.mmdualvit-tmp')), 'temporary files of interrupted writes are cleaned up or replaced'
 
 
+def _assert_roofline(result: dict, batch: int) -> None:
+    """benchmark.json's GEMM peaks and every row's achieved GMAC/s and fraction of the peak agree with its MACs and
+    times (no timing value is asserted, only the arithmetic between the fields)."""
+    peak = result['peak_gmac_s']['float32']
+    assert set(result['peak_gmac_s']) == {'float32'} and peak > 0
+    for row in result['rows']:
+        for phase, factor in (('infer', 1), ('train', 3)):
+            assert row[f'{phase}_gmac_s'] == pytest.approx(factor * row['gmacs'] * batch / row[f'{phase}_s'])
+            assert row[f'{phase}_peak_frac'] == pytest.approx(row[f'{phase}_gmac_s'] / peak)
+
+
+def test_benchmark_compiled_rows(tmp_path):
+    """--compile measures each row eager and with its backbone compiled (aot_eager keeps it short), side by side."""
+    tool = [sys.executable, REPO / 'tools/analysis/benchmark.py', '--runs', '1', '--shape', '64', '96',
+            '--peak-size', '256', '--backbone-only', '--compile', 'aot_eager']
+    log = run_tool([*tool, TOY_DET, '--cfg-options', 'model.backbone.arch.depths=[1,1,1,1]', '--out', tmp_path],
+                   cwd=tmp_path).stdout
+    result = json.loads((tmp_path / 'benchmark.json').read_text())
+    assert result['settings']['compile'] == 'aot_eager'
+    eager, compiled = result['rows']
+    assert [eager['compiled'], compiled['compiled']] == [False, True] and 'error' not in compiled
+    assert compiled['params_m'] == eager['params_m'] and compiled['gmacs'] == eager['gmacs']
+    assert f'| {TOY_DET} (compiled) | ' in log and '| forward of GEMM peak |' in log and 'GEMM peak float32' in log
+    _assert_roofline(result, batch=1)
+
+
 def test_benchmark_tool_whole_models_and_backbones(tmp_path):
     """tools/analysis/benchmark.py on tiny inputs, one timed run each: whole models (ours, a package config, a
     segmentor as the baseline), then backbones (a row with its own option, --cfg-options for every row)."""
@@ -182,7 +208,8 @@ def test_benchmark_tool_whole_models_and_backbones(tmp_path):
     r50, seg = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', REPO / 'configs/toy/upernet_dualvit_toy.py'
     log = run_tool([*tool, TOY_DET, r50, seg, '--batch', '2', '--baseline', '2', '--out', tmp_path / 'model'],
                    cwd=tmp_path).stdout
-    figures = {f'{phase}_{figure}' for phase in ('infer', 'train') for figure in ('s', 'min_s', 'max_s', 'peak_gib')}
+    figures = {f'{phase}_{figure}' for phase in ('infer', 'train')
+               for figure in ('s', 'min_s', 'max_s', 'peak_gib', 'gmac_s', 'peak_frac')} | {'compiled'}
     rows = json.loads((tmp_path / 'model' / 'benchmark.json').read_text())['rows']
     assert [r['config'] for r in rows] == [str(TOY_DET), r50, str(seg)]
     for row in rows:
@@ -192,6 +219,7 @@ def test_benchmark_tool_whole_models_and_backbones(tmp_path):
     assert abs(rows[1]['params_m'] - 44.4) < 0.1  # mmdet's Mask R-CNN R-50 (80 classes)
     assert 'upernet_dualvit_toy.py | 1.38 (1.00x)' in log and '| train step peak mem (GiB) |' in log
     assert (tmp_path / 'model' / 'benchmark.csv').read_text().count('\n') == 4
+    _assert_roofline(json.loads((tmp_path / 'model' / 'benchmark.json').read_text()), batch=2)
 
     depths = {'model.backbone.arch.depths': [1, 1, 1, 1]}
     log = run_tool([*tool, '--backbone-only', TOY_DET, TOY_DET, 'model.backbone.fused_attention=False',

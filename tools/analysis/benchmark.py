@@ -9,6 +9,10 @@
     python tools/analysis/benchmark.py --backbone-only --shape 800 1344 --runs 2 \
         configs/maskrcnn_dualvit_s_coco.py configs/maskrcnn_dualvit_s_coco.py model.backbone.fused_attention=False
 
+    # eager and torch.compile'd rows side by side (the backbone compiled, see mmdualvit.models.utils.compile_backbone)
+    python tools/analysis/benchmark.py --backbone-only --compile --shape 800 1344 --runs 1 \
+        configs/maskrcnn_dualvit_s_coco.py configs/maskrcnn_sequencer2d_s_coco.py
+
     # a timm model without its classifier as a backbone row (needs timm), e.g. Sequencer2D-S against timm's
     python tools/analysis/benchmark.py --backbone-only --shape 224 224 --runs 7 \
         configs/imagenet_sequencer2d_s.py timm::sequencer2d_s
@@ -20,6 +24,12 @@ phase's start on GPU; on CPU the phase's peak RSS (Linux's VmHWM, reset when the
 RSS once model and input exist. ``--cfg-options`` apply to every config row, before the
 row's own options. The table gives each figure with its ratio to the ``--baseline`` row; ``--out`` also writes every
 figure as JSON and CSV.
+
+Roofline: the same run first times a large matmul (``--peak-size``, fp32, and the autocast dtype with ``--amp``):
+the machine's practical GEMM peak in GMAC/s. Every row then gives its achieved GMAC/s (MACs of its batch over the
+median time; a training step counted as 3x the forward MACs: forward, and backward to inputs and to weights) and
+that as a fraction of the peak of the dtype it runs in.
+With ``--compile`` every row is measured twice, eager and with its backbone compiled (the warm-up run compiles).
 """
 import argparse
 import csv
@@ -47,19 +57,23 @@ class Settings:
     device: str = 'cpu'
     amp: bool = False
     backbone_only: bool = False
+    compile: str = ''  # a torch.compile backend: measure every row also with its backbone compiled by it
     threads: Optional[int] = None
     cfg_options: dict = dataclasses.field(default_factory=dict)  # of every config row, before the row's own
 
 
 @dataclasses.dataclass
 class Row:
-    """One row of the table: a config (or ``timm::NAME``) and the config options of this row alone."""
+    """One row of the table: a config (or ``timm::NAME``), the config options of this row alone, and whether its
+    backbone runs torch.compile'd."""
     config: str
     cfg_options: dict
+    compiled: bool = False
 
     @property
     def label(self) -> str:
-        return ' '.join([self.config, *(f'{k}={v}' for k, v in self.cfg_options.items())])
+        return ' '.join([self.config, *(f'{k}={v}' for k, v in self.cfg_options.items())] +
+                        (['(compiled)'] if self.compiled else []))
 
 
 @dataclasses.dataclass
@@ -77,7 +91,10 @@ class Target:
 # mode (PHASES). A figure measure() adds to its rows becomes a column by one entry here.
 COLUMNS = [('params_m', 'params (M)'), ('gmacs', 'GMACs'), ('infer_s', '{infer} (s)'),
            ('infer_peak_gib', '{infer} peak mem (GiB)'), ('train_s', '{train} (s)'),
-           ('train_peak_gib', '{train} peak mem (GiB)')]
+           ('train_peak_gib', '{train} peak mem (GiB)'), ('infer_gmac_s', '{infer} GMAC/s'),
+           ('infer_peak_frac', '{infer} of GEMM peak'), ('train_gmac_s', '{train} GMAC/s'),
+           ('train_peak_frac', '{train} of GEMM peak')]
+TRAIN_MACS_PER_FORWARD = 3  # forward, backward to the inputs, backward to the weights
 PHASES = {False: dict(infer='inference', train='train step'), True: dict(infer='forward', train='forward+backward')}
 
 
@@ -163,12 +180,19 @@ def build_target(row: Row, settings: Settings) -> Target:
         import timm
         # No classifier and no pooling: forward returns the features (for sequencer2d_* those of forward_features).
         module = timm.create_model(row.config[len(TIMM):], pretrained=False, num_classes=0, global_pool='')
-        return _backbone(module, settings, autocast)
+        target = _backbone(module, settings, autocast)
+        if row.compiled:
+            torch._dynamo.config.allow_rnn = True  # as compile_backbone does
+            module.compile(backend=settings.compile)
+        return target
     from mmdualvit.analysis import build_from_config
+    from mmdualvit.models.utils import compile_backbone
     model, cfg = build_from_config(row.config, {**settings.cfg_options, **row.cfg_options})
-    if settings.backbone_only:
-        return _backbone(model.backbone, settings, autocast)
-    return _whole_model(model, cfg, settings, autocast)
+    target = (_backbone(model.backbone, settings, autocast) if settings.backbone_only else
+              _whole_model(model, cfg, settings, autocast))
+    if row.compiled:  # after counting the MACs, which traces the eager module
+        compile_backbone(model, backend=settings.compile)
+    return target
 
 
 def timed(step: Callable[[], None], settings: Settings, idle_rss: int) -> tuple:
@@ -204,8 +228,8 @@ def measure(row: Row, settings: Settings) -> dict:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
     target = build_target(row, settings)
-    result = dict(config=row.config, cfg_options=row.cfg_options, params_m=target.params / 1e6,
-                  gmacs=target.macs / 1e9)
+    result = dict(config=row.config, cfg_options=row.cfg_options, compiled=row.compiled,
+                  params_m=target.params / 1e6, gmacs=target.macs / 1e9)
     idle = _rss()
     for phase, step, train in (('infer', target.infer, False), ('train', target.train, True)):
         target.module.train(train)
@@ -215,18 +239,57 @@ def measure(row: Row, settings: Settings) -> dict:
     return result
 
 
+def gemm_peak(settings: Settings, size: int, dtype_name: str) -> float:
+    """GMAC/s of a (size x size) @ (size x size) matmul in ``dtype_name``: the best of 3 runs after a warm-up."""
+    import torch
+    dtype = getattr(torch, dtype_name)
+    a, b = (torch.randn(size, size, device=settings.device).to(dtype) for _ in range(2))
+    best = float('inf')
+    for run in range(4):
+        start = time.perf_counter()
+        a @ b
+        if settings.device == 'cuda':
+            torch.cuda.synchronize()
+        if run:
+            best = min(best, time.perf_counter() - start)
+    return size**3 / best / 1e9
+
+
+def peaks(settings: Settings, size: int) -> dict:
+    """GEMM peaks in GMAC/s by dtype name: float32, plus the autocast dtype with --amp (fp16/bf16 on GPU)."""
+    import torch
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    names = ['float32']
+    if settings.device == 'cuda':
+        names += ['float16', 'bfloat16']
+    elif settings.amp:
+        names.append('bfloat16')
+    return {name: gemm_peak(settings, size, name) for name in names}
+
+
+def add_roofline(row: dict, settings: Settings, peak_gmac_s: dict) -> None:
+    """Achieved GMAC/s of each phase and its fraction of the GEMM peak of the dtype the row computes in."""
+    if 'error' in row:
+        return
+    dtype = 'float32' if not settings.amp else 'float16' if settings.device == 'cuda' else 'bfloat16'
+    for phase, factor in (('infer', 1), ('train', TRAIN_MACS_PER_FORWARD)):
+        row[f'{phase}_gmac_s'] = factor * row['gmacs'] * settings.batch / row[f'{phase}_s']
+        row[f'{phase}_peak_frac'] = row[f'{phase}_gmac_s'] / peak_gmac_s[dtype]
+
+
 def table(rows: List[dict], baseline: int, backbone_only: bool) -> str:
     """Markdown table: each figure with its ratio to the baseline row."""
     base = rows[baseline]
     titles = [title.format(**PHASES[backbone_only]) for _, title in COLUMNS]
     lines = ['| config | ' + ' | '.join(titles) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
     for row in rows:
-        label = Row(row['config'], row.get('cfg_options', {})).label
+        label = Row(row['config'], row.get('cfg_options', {}), row.get('compiled', False)).label
         if 'error' in row:
             lines.append(f"| {label} | error: {row['error']} |")
             continue
-        cells = [f'{row[key]:.2f}' if 'error' in base else f'{row[key]:.2f} ({row[key] / base[key]:.2f}x)'
-                 for key, _ in COLUMNS]
+        cells = [f'{row[key]:.2f} ({row[key] / base[key]:.2f}x)' if base.get(key) else f'{row[key]:.2f}'
+                 for key, _ in COLUMNS]  # no ratio to a failed baseline row or to a zero
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -256,16 +319,18 @@ def run_worker(row: Row, settings: Settings) -> dict:
     proc = subprocess.run([sys.executable, __file__, '--worker', job], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONWARNINGS='ignore'))
     if proc.returncode != 0:
-        return dict(config=row.config, cfg_options=row.cfg_options,
+        return dict(config=row.config, cfg_options=row.cfg_options, compiled=row.compiled,
                     error=(proc.stderr.strip().splitlines() or ['?'])[-1][:200])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def write(out: str, header: str, settings: Settings, rows: List[dict]) -> None:
-    """benchmark.json (the setting line, the settings and the rows) and benchmark.csv (one line per row)."""
+def write(out: str, header: str, settings: Settings, peak_gmac_s: dict, rows: List[dict]) -> None:
+    """benchmark.json (the setting line, the settings, the GEMM peaks and the rows) and benchmark.csv (one line per
+    row)."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'benchmark.json'), 'w') as f:
-        json.dump(dict(setting=header, settings=dataclasses.asdict(settings), rows=rows), f, indent=1)
+        json.dump(dict(setting=header, settings=dataclasses.asdict(settings), peak_gmac_s=peak_gmac_s, rows=rows), f,
+                  indent=1)
     keys = sorted({k for row in rows for k in row})
     with open(os.path.join(out, 'benchmark.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -286,8 +351,13 @@ def main():
     parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--amp', action='store_true', help='autocast: fp16 on GPU, bfloat16 on CPU')
+    parser.add_argument('--compile', nargs='?', const='inductor', default='', metavar='BACKEND',
+                        help='measure every row twice: eager, and with its backbone torch.compile\'d (by BACKEND, '
+                             'default inductor)')
+    parser.add_argument('--peak-size', type=int, default=4096, help='side of the matmul that measures the GEMM peak')
     parser.add_argument('--threads', type=int, help="torch's intra-op threads (default: torch's own choice)")
-    parser.add_argument('--baseline', type=int, default=0, help='index of the row the ratios refer to')
+    parser.add_argument('--baseline', type=int, default=0,
+                        help='index of the config the ratios refer to (its eager row with --compile)')
     parser.add_argument('--out', help='folder for benchmark.json and benchmark.csv')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -304,21 +374,28 @@ def main():
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     settings = Settings(shape=args.shape, batch=args.batch, runs=args.runs, device=args.device, amp=args.amp,
-                        backbone_only=args.backbone_only, threads=args.threads, cfg_options=args.cfg_options or {})
+                        backbone_only=args.backbone_only, compile=args.compile, threads=args.threads,
+                        cfg_options=args.cfg_options or {})
+    if settings.compile:  # each row eager, then compiled (the baseline index counts the eager rows)
+        rows = [dataclasses.replace(row, compiled=compiled) for row in rows for compiled in (False, True)]
+        args.baseline *= 2
+    peak_gmac_s = peaks(settings, args.peak_size)
     results = []
     for row in rows:
         results.append(run_worker(row, settings))
+        add_roofline(results[-1], settings, peak_gmac_s)
         print(f"measured {row.label}: {results[-1].get('error') or 'ok'}", flush=True)
     what = 'backbone' if settings.backbone_only else 'whole model'
     extras = [f'{settings.threads} threads'] if settings.threads else []
     extras += [f'{k}={v}' for k, v in settings.cfg_options.items()]
     header = (f'{what}, input {settings.shape[0]}x{settings.shape[1]}, batch {settings.batch}, {settings.device}'
               f"{', amp' if settings.amp else ''}{''.join(', ' + e for e in extras)}, median of {settings.runs} runs; "
-              f'ratios vs {rows[args.baseline].label}')
+              f'ratios vs {rows[args.baseline].label}; GEMM peak '
+              + ', '.join(f'{name} {value:.1f} GMAC/s' for name, value in peak_gmac_s.items()))
     print(header)
     print(table(results, args.baseline, settings.backbone_only))
     if args.out:
-        write(args.out, header, settings, results)
+        write(args.out, header, settings, peak_gmac_s, results)
 
 
 if __name__ == '__main__':
