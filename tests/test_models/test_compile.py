@@ -74,7 +74,13 @@ def test_compiled_training_with_checkpointing_equals_eager(cls):
         torch.testing.assert_close(grad, eager_grad, rtol=0, atol=GRAD_REL_TOL * eager_grad.abs().max().item())
 
 
-@BACKBONES
+@pytest.mark.parametrize('cls', [
+    DualViT,
+    pytest.param(Sequencer2D, marks=pytest.mark.xfail(
+        raises=RuntimeError, strict=True,
+        reason='known limitation (torch 2.14.1): compiled under CPU bf16 autocast, the LSTM reaches oneDNN, which '
+        'cannot create its bf16 LSTM primitive ("could not create a primitive descriptor")'))
+], ids=lambda cls: cls.__name__)
 def test_compiled_bf16_autocast_equals_eager(cls):
     model = _model(cls).eval()
     x = torch.randn(2, 3, 64, 96)
@@ -104,6 +110,7 @@ def test_compile_backbone_keeps_checkpoint_names():
     backbone = compile_backbone(detector, backend='aot_eager', fullgraph=True)
     assert backbone is detector.backbone and list(detector.state_dict()) == keys
     x = torch.randn(1, 3, 64, 64)
+    torch._dynamo.utils.counters.clear()  # dynamo's statistics outlive torch._dynamo.reset()
     with torch.no_grad():
         compiled = backbone(x)
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 1  # the compiled path ran (once, one graph)
