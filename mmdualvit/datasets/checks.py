@@ -118,19 +118,22 @@ class CheckedCocoDataset(CocoDataset):
                       f'annotation ids {ids}).', logger='current', level=logging.WARNING)
         if self.test_mode:
             return data_list
+        classes = list(self.metainfo['classes'])[:_SHOWN]
         if not data_list:
             found = (f'lists {len(self.data_list)} images, none left after filter_cfg={self.filter_cfg}'
                      if self.data_list else 'lists no images')
+            if self.data_list and not self.cat_ids:
+                found += f' (none of its categories is named as a class of {classes})'
             raise ValueError(
                 f'{where} gives an empty training set: it {found}. Check ann_file and data_root, and that its images '
-                f'have annotations of the classes {list(self.metainfo["classes"])[:_SHOWN]}.')
+                f'have annotations of the classes {classes}.')
         usable = sum(not instance['ignore_flag'] for info in data_list for instance in info['instances'])
         if not usable:
             why = f'{dropped} dropped ({reasons})' if dropped else 'none dropped as invalid'
             raise ValueError(
                 f'{where}: no annotation to train on in {len(data_list)} images ({self._read} annotations read, '
                 f'{why}; the others are crowd/ignore annotations or of categories not among the classes '
-                f'{list(self.metainfo["classes"])[:_SHOWN]}). Training would only see background. COCO boxes are '
+                f'{classes}). Training would only see background. COCO boxes are '
                 f'[x, y, width, height] in pixels and must overlap their image; check that this is the right file '
                 f'and that its category names match the classes.')
         return data_list
