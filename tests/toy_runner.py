@@ -47,9 +47,10 @@ class LineData(Dataset):
 
 class LineError(BaseMetric):
     """Mean squared error of the predictions, for test/val runs."""
+    default_prefix = 'toy'
 
     def process(self, data_batch, data_samples):
-        self.results.append(((data_samples - data_batch['labels']) ** 2).mean().item())
+        self.results.append(((torch.stack(data_samples) - data_batch['labels']) ** 2).mean().item())
 
     def compute_metrics(self, results):
         return dict(mse=sum(results) / len(results))

@@ -117,10 +117,11 @@ class PortableCheckpointHook(CheckpointHook):
         not_finite = compare_weights(state, state).not_finite
         if not_finite:
             shown = ', '.join(not_finite[:5]) + (f' ... and {len(not_finite) - 5} more' if len(not_finite) > 5 else '')
+            meta = checkpoint.get('meta', {})
+            step = f'epoch {meta.get("epoch")}' if self.by_epoch else f'iteration {meta.get("iter")}'
             raise FloatingPointError(
-                f'not saving a checkpoint at iteration {runner.iter} (epoch {runner.epoch}): {len(not_finite)} model '
-                f'tensors hold NaN or Inf ({shown}); training has diverged. The checkpoints already written are kept; '
-                f'{FINITE_LOSS_FIX}.')
+                f'not saving the checkpoint of {step}: {len(not_finite)} model tensors hold NaN or Inf ({shown}); '
+                f'training has diverged. The checkpoints already written are kept; {FINITE_LOSS_FIX}.')
         checkpoint_to_plain(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:

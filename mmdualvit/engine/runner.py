@@ -70,6 +70,14 @@ class StrictRunner(Runner):
         self._prefetched: Optional[Tuple[str, dict]] = None
         self._unreadable: List[str] = []  # checkpoints of the work dir that --resume found unreadable
 
+    def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
+        """mmengine's, where ``None`` also switches off a default hook that mmengine does not define itself (e.g.
+        ``--cfg-options default_hooks.finite_loss=None``; mmengine asserts on it)."""
+        if hooks is not None:
+            defined_here = ('runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler', 'checkpoint')
+            hooks = {name: hook for name, hook in hooks.items() if hook is not None or name in defined_here}
+        super().register_default_hooks(hooks)
+
     # ------------------------------------------------------------------------------------------- training
     def train(self):
         """mmengine's ``train``, holding the work dir's lock, after the work-dir checks (see the class)."""
