@@ -4,7 +4,6 @@ checkpoints, two processes in one work dir, unreadable or out-of-range resume ch
 Fast: the two-parameter toy runner (tests/toy_runner.py); runs that could hang or crash go to subprocesses with a
 timeout. The end-to-end runs through tools/train.py on the toy detector are marked slow.
 """
-import argparse
 import json
 import os
 import re
@@ -12,7 +11,6 @@ import runpy
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -83,7 +81,8 @@ def test_nan_loss_stops_the_run_before_the_step_and_rotation_keeps_the_finite_ch
     assert not (tmp_path / LOCK_NAME).exists()  # released by the failed run
     resumed = build_runner(tmp_path, max_iters=8, resume=True, max_keep_ckpts=2)  # e.g. after fixing the data
     resumed.train()
-    assert 'resumed epoch: 0, iter: 4' in log_of(resumed) and checkpoints(tmp_path) == {'iter_6.pth': 6, 'iter_8.pth': 8}
+    assert 'resumed epoch: 0, iter: 4' in log_of(resumed)
+    assert checkpoints(tmp_path) == {'iter_6.pth': 6, 'iter_8.pth': 8}
 
 
 class RecordWeight:

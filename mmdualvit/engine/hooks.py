@@ -13,7 +13,7 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.optim import OptimWrapperDict
 
-from ..checkpoint import compare_weights
+from ..checkpoint import _listed, compare_weights
 from ..fileio import ATOMIC_BACKEND, atomic_write
 from ..registry import HOOKS
 
@@ -100,6 +100,8 @@ class PortableCheckpointHook(CheckpointHook):
     - local checkpoints go through the ``mmdualvit_atomic_local`` backend unless ``backend_args`` says otherwise,
       and ``last_checkpoint`` is written atomically too (mmengine rewrites it in place);
     - with ``max_keep_ckpts`` the oldest checkpoint is removed only *after* the new one is complete;
+    - weights holding NaN/Inf are never saved (:class:`FloatingPointError`): the checkpoints already written, which
+      rotation would otherwise delete, stay;
     - the message hub's history is stored as plain lists (and multi-step schedulers' milestone Counters as plain
       pairs), so the files load with ``torch.load(f, weights_only=True)`` without mmdualvit (or mmengine)
       installed, on torch < 2.4 too.
@@ -113,15 +115,15 @@ class PortableCheckpointHook(CheckpointHook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Refuse to save weights holding NaN/Inf (the save, and so the rotation, does not happen); make the
         checkpoint plain data."""
-        state = checkpoint.get('state_dict', {})
+        state = {k: v for k, v in checkpoint.get('state_dict', {}).items() if isinstance(v, torch.Tensor)}
         not_finite = compare_weights(state, state).not_finite
         if not_finite:
-            shown = ', '.join(not_finite[:5]) + (f' ... and {len(not_finite) - 5} more' if len(not_finite) > 5 else '')
             meta = checkpoint.get('meta', {})
             step = f'epoch {meta.get("epoch")}' if self.by_epoch else f'iteration {meta.get("iter")}'
             raise FloatingPointError(
-                f'not saving the checkpoint of {step}: {len(not_finite)} model tensors hold NaN or Inf ({shown}); '
-                f'training has diverged. The checkpoints already written are kept; {FINITE_LOSS_FIX}.')
+                f'not saving the checkpoint of {step}: {len(not_finite)} model tensors hold NaN or Inf '
+                f'({_listed(not_finite)}); training has diverged. The checkpoints already written are kept; '
+                f'{FINITE_LOSS_FIX}.')
         checkpoint_to_plain(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:

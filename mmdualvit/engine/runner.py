@@ -18,7 +18,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from ..checkpoint import CheckpointError, MissingCheckpointError, load_checkpoint_weights, read_checkpoint
+from ..checkpoint import (CheckpointError, MissingCheckpointError, _listed, load_checkpoint_weights,
+                          read_checkpoint)
 from ..fileio import LOCK_NAME, acquire_lock, release_lock, remove_stale_temporaries
 from ..registry import RUNNERS
 
@@ -144,9 +145,9 @@ class StrictRunner(Runner):
                  if step > int(meta.get(kind, step)) and osp.abspath(path) != resumed and path not in self._unreadable]
         if newer:
             raise WorkDirError(
-                f'--resume {self._load_from}: {self.work_dir} holds newer checkpoints ({_names(newer)}), which this run '
-                f'would overwrite, and checkpoint rotation could then delete the one resumed from. Resume the newest '
-                f'with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
+                f'--resume {self._load_from}: {self.work_dir} holds newer checkpoints ({_names(newer)}), which this '
+                f'run would overwrite, and checkpoint rotation could then delete the one resumed from. Resume the '
+                f'newest with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
                 f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to continue '
                 f'here anyway.')
 
@@ -261,8 +262,7 @@ class StrictRunner(Runner):
 
 
 def _names(paths) -> str:
-    paths = [osp.basename(p) for p in paths]
-    return ', '.join(paths[:6]) + (f' ... and {len(paths) - 6} more' if len(paths) > 6 else '')
+    return _listed([osp.basename(p) for p in paths])
 
 
 def _optimizer_settings(optim_wrapper) -> Dict[str, dict]:
