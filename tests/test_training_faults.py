@@ -361,6 +361,64 @@ def test_test_tool_writes_under_a_test_folder_of_the_work_dir(monkeypatch):
     assert seen['cfg'].work_dir == 'elsewhere'
 
 
+DISTRIBUTED = '''
+import json, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+from tests.toy_runner import build_runner
+kwargs = json.loads(sys.argv[2])
+nan_at = kwargs.pop("nan_at_rank_1", []) if rank == 1 else []
+try:
+    build_runner(sys.argv[1], distributed=True, nan_at=nan_at, **kwargs).train()
+    print(f"RANK {rank} DONE", flush=True)
+except Exception as err:
+    print(f"RANK {rank} {type(err).__name__}: {err}", flush=True)
+    sys.exit(3)
+finally:
+    dist.destroy_process_group()
+'''
+
+
+def torchrun(work: Path, **kwargs) -> tuple:
+    """Two gloo ranks of the toy runner; a rank that raises prints its error and exits 3."""
+    from tests.utils import free_port
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    script = work.parent / 'distributed.py'
+    script.write_text(DISTRIBUTED)
+    try:
+        proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                               str(free_port()), str(script), str(work), json.dumps(kwargs)], capture_output=True,
+                              text=True, env=env, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail('the two ranks did not finish within 300 s (a rank waits for the other)')
+    return proc.returncode, sorted(line for line in proc.stdout.splitlines() if line.startswith('RANK '))
+
+
+def test_every_rank_stops_when_rank_0_refuses_the_work_dir(trained):
+    rc, ranks = torchrun(trained, max_iters=6)
+    assert rc != 0 and len(ranks) == 2, ranks
+    assert ranks[0].startswith(f'RANK 0 WorkDirError: {trained} already holds checkpoints (iter_4.pth, iter_2.pth)')
+    assert ranks[1].startswith(f'RANK 1 WorkDirError: rank 0 refused to start: {trained} already holds checkpoints')
+
+
+@pytest.mark.parametrize('max_skips', [0, 1])
+def test_a_nan_loss_on_one_rank_stops_or_skips_on_every_rank(tmp_path, max_skips):
+    work = tmp_path / 'work'
+    rc, ranks = torchrun(work, max_iters=6, nan_at_rank_1=[3],
+                         finite_loss=dict(type='mmdualvit.FiniteLossHook', max_skips=max_skips))
+    if max_skips:
+        assert rc == 0 and ranks == ['RANK 0 DONE', 'RANK 1 DONE']
+        assert checkpoints(work) == {'iter_2.pth': 2, 'iter_4.pth': 4, 'iter_6.pth': 6}
+    else:
+        assert rc != 0 and len(ranks) == 2, ranks
+        assert ranks[0].startswith('RANK 0 FloatingPointError: loss is nan on another rank at iteration 3 (epoch 1): '
+                                   'training stopped before this step updated the weights'), ranks
+        assert ranks[1].startswith('RANK 1 FloatingPointError: loss is nan at iteration 3 (epoch 1): training stopped '
+                                   'before this step updated the weights'), ranks
+        assert checkpoints(work) == {'iter_2.pth': 2}
+
+
 # ----------------------------------------------------------------------------------------------- resuming
 BEYOND_THE_END = '''
 import sys, torch

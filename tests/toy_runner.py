@@ -57,11 +57,15 @@ class LineError(BaseMetric):
 
 
 def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, interval=2, lr=0.1, nan_at=(),
-                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, **cfg):
+                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, distributed=False, **cfg):
     """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations, with the
-    :class:`FiniteLossHook` of our configs (``finite_loss=None`` leaves it out); ``test=True`` adds a test loop."""
+    :class:`FiniteLossHook` of our configs (``finite_loss=None`` leaves it out); ``test=True`` adds a test loop;
+    ``distributed=True`` runs in the (gloo) process group the caller initialised, every rank on the same batches."""
     data = DataLoader(LineData(nan_at), batch_size=4, shuffle=False)
     testing = dict(test_dataloader=data, test_cfg=dict(), test_evaluator=[LineError()]) if test else {}
+    if distributed:
+        testing.update(launcher='pytorch')
+        cfg.update(model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None))
     return StrictRunner(
         model=LineModel(width), work_dir=str(work_dir), experiment_name=f'toy_{uuid.uuid4().hex[:8]}',
         train_dataloader=data,

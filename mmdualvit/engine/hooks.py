@@ -196,13 +196,16 @@ class FiniteLossHook(Hook):
         self._wrapped = []
 
     def _update_params(self, runner, update_params, loss: torch.Tensor, *args, **kwargs) -> None:
-        finite = torch.isfinite(loss.detach()).all().to(torch.int32)
-        if get_world_size() > 1:
-            all_reduce(finite, op='min')
+        total = loss.detach().float().sum()
+        if get_world_size() > 1:  # NaN/Inf on any rank makes the sum non-finite on all
+            total = total.clone()
+            all_reduce(total, op='sum')
         self._checked_iter = runner.iter
-        if bool(finite):
+        if bool(torch.isfinite(total)):
             return update_params(loss, *args, **kwargs)
-        self._non_finite(runner, loss.detach().float().cpu().reshape(-1)[0].item(), 'before this step updated')
+        own = loss.detach().float().sum().item()
+        self._non_finite(runner, f'{own}' if not math.isfinite(own) else f'{total.item()} on another rank',
+                         'before this step updated')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         if self._checked_iter == runner.iter or not outputs or 'loss' not in outputs:
@@ -210,9 +213,9 @@ class FiniteLossHook(Hook):
         loss = outputs['loss']
         value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
-            raise FloatingPointError(self._message(runner, value, 'after this step updated'))
+            raise FloatingPointError(self._message(runner, f'{value}', 'after this step updated'))
 
-    def _non_finite(self, runner, value: float, when: str) -> None:
+    def _non_finite(self, runner, value: str, when: str) -> None:
         if self.skipped < self.max_skips:
             self.skipped += 1
             runner.logger.warning(f'loss is {value} at iteration {runner.iter + 1}: skipped this update '
@@ -220,7 +223,7 @@ class FiniteLossHook(Hook):
             return
         raise FloatingPointError(self._message(runner, value, when))
 
-    def _message(self, runner, value: float, when: str) -> str:
+    def _message(self, runner, value: str, when: str) -> str:
         skipped = f' after skipping {self.skipped} such iterations (max_skips={self.max_skips})' if self.max_skips \
             else ''
         return (f'loss is {value} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}){skipped}: training stopped '
