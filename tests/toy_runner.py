@@ -6,6 +6,7 @@ import sys
 import uuid
 
 import torch
+from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,26 +30,53 @@ class LineModel(BaseModel):
 
 
 class LineData(Dataset):
+    """64 points of y = 2x + 1; with ``nan_at``, the batches (of 4, in order) of those 1-based iterations get a NaN
+    label, so their loss is NaN."""
+
+    def __init__(self, nan_at=()):
+        self.nan_at = set(nan_at)
+
     def __len__(self):
         return 64
 
     def __getitem__(self, index):
         x = torch.tensor([index / 64.])
-        return dict(inputs=x, labels=2 * x + 1)
+        y = torch.full_like(x, float('nan')) if index // 4 + 1 in self.nan_at else 2 * x + 1
+        return dict(inputs=x, labels=y)
 
 
-def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, interval=2, **cfg):
-    """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations."""
+class LineError(BaseMetric):
+    """Mean squared error of the predictions, for test/val runs."""
+    default_prefix = 'toy'
+
+    def process(self, data_batch, data_samples):
+        self.results.append(((torch.stack(data_samples) - data_batch['labels']) ** 2).mean().item())
+
+    def compute_metrics(self, results):
+        return dict(mse=sum(results) / len(results))
+
+
+def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, interval=2, lr=0.1, nan_at=(),
+                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, distributed=False, **cfg):
+    """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations, with the
+    :class:`FiniteLossHook` of our configs (``finite_loss=None`` leaves it out); ``test=True`` adds a test loop;
+    ``distributed=True`` runs in the (gloo) process group the caller initialised, every rank on the same batches."""
+    data = DataLoader(LineData(nan_at), batch_size=4, shuffle=False)
+    testing = dict(test_dataloader=data, test_cfg=dict(), test_evaluator=[LineError()]) if test else {}
+    if distributed:
+        testing.update(launcher='pytorch')
+        cfg.update(model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None))
     return StrictRunner(
         model=LineModel(width), work_dir=str(work_dir), experiment_name=f'toy_{uuid.uuid4().hex[:8]}',
-        train_dataloader=DataLoader(LineData(), batch_size=4, shuffle=False),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_dataloader=data,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook', interval=interval,
                                            by_epoch=False, max_keep_ckpts=cfg.pop('max_keep_ckpts', -1)),
-                           logger=dict(type='LoggerHook', interval=1)),
-        param_scheduler=cfg.pop('param_scheduler', None),
-        resume=resume, load_from=load_from, default_scope='mmengine', cfg=dict(cfg), env_cfg=dict(dist_cfg=dict()))
+                           logger=dict(type='LoggerHook', interval=1), finite_loss=finite_loss),
+        param_scheduler=cfg.pop('param_scheduler', None), custom_hooks=cfg.pop('custom_hooks', None),
+        resume=resume, load_from=load_from, default_scope='mmengine', cfg=dict(cfg), env_cfg=dict(dist_cfg=dict()),
+        **testing)
 
 
 if __name__ == '__main__':
