@@ -30,17 +30,18 @@ print(tag, torch.__version__, flavour, torch.version.cuda or 'none', cxx20)
 PY
 }
 
-# Stops the install, saying what to do instead, when Python version $1 ("3.10") cannot install the exact pins of
-# constraints file $2 and that file is our default one (under root $3). requirements/constraints.txt was resolved on
-# Python 3.11: on 3.10 pip finds no release of its cuda-bindings==13.5.0 (which torch 2.14.1 needs) and gives up
-# with "ResolutionImpossible" (seen with Python 3.10.13).
-require_python_for_pins() {
-    local version=$1 constraints=$2 root=$3
-    if [ "$constraints" = "$root/requirements/constraints.txt" ] && [ "${version#3.}" -lt 11 ]; then
-        die "Python $version cannot install the pinned stack of requirements/constraints.txt (resolved on Python" \
-            "3.11; e.g. its cuda-bindings==13.5.0 has no Python $version release): use Python 3.11 or 3.12" \
-            "(PYTHON=python3.12 make install), or install mmdualvit into an existing environment (README)"
-    fi
+# Prints the lock file (constraints) `make` installs with on Python version $1 ("3.10"), under root $2; stops the
+# install, saying what to use instead, for a Python outside 3.10-3.13. constraints.txt was resolved on Python 3.11
+# and also installs on 3.12 and 3.13 (where mmcv's compile is refused, see require_mmcv_buildable); on 3.10 several
+# of its pins have no release (numpy 2.4, cuda-bindings 13.5.0 ...), so 3.10 has its own, constraints-py310.txt.
+default_constraints() {
+    local version=$1 root=$2
+    case $version in
+        3.10) echo "$root/requirements/constraints-py310.txt" ;;
+        3.1[1-3]) echo "$root/requirements/constraints.txt" ;;
+        *) die "Python $version is not supported: use Python 3.10, 3.11 or 3.12" \
+            "(e.g. PYTHON=python3.12 make install)" ;;
+    esac
 }
 
 # Stops the install, saying what to do instead, when mmcv cannot be compiled for Python tag $1 ($2: our wheel cache).
@@ -52,7 +53,7 @@ require_mmcv_buildable() {
     if [ "${tag#cp3}" -ge 13 ]; then
         log "mmcv $MMCV_VERSION cannot be compiled on Python 3.${tag#cp3}: its setup.py reads __version__ through"
         log "  locals() after exec(), which Python 3.13 changed (PEP 667); the build would stop at KeyError: '__version__'."
-        die "use Python 3.11 or 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
+        die "use Python 3.10, 3.11 or 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
             "mmcv-$MMCV_VERSION-$tag-$tag-*.whl into a PIP_FIND_LINKS folder or $cache"
     fi
 }
