@@ -144,3 +144,47 @@ prepare_mmcv_compile_env() {
     fi
     export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2}
 }
+
+# Compiles a wheel of mmcv (or a fork of it) against the installed torch, printing progress (ninja's [done/total])
+# every 30 s; on failure, the last compiler error and the log's path. $1: the requirement ("mmcv==2.1.0",
+# "onedl-mmcv==2.3.6"), $2: the build key (e.g. cp311-torch2.14.1+cu130-cpu), $3: the folder the finished wheel is
+# moved to (only once complete, so an interrupted build never leaves a broken wheel there), $4: the folder for the
+# build log. Uses $vpy and the flavour, torch.version.cuda and cxx20 of mmcv_build_facts (arguments 5-7).
+compile_wheel() {
+    local spec=$1 key=$2 dest=$3 logs=$4 flavour=$5 cuda=$6 cxx20=$7
+    local name=${1%%[=<>!~ ]*} scratch log_file start pid status step elapsed errors
+    scratch=$(mktemp -d)
+    mkdir -p "$logs" "$dest"
+    log_file="$logs/$name-${spec#"$name"}-$key-$(date -u +%Y%m%dT%H%M%SZ).log"
+    log_file=${log_file//==/}
+    # In a subshell: the compiler settings stay out of the caller's environment.
+    (
+        prepare_mmcv_compile_env "$scratch/bin" "$flavour" "$cuda" "$cxx20"
+        log "compiling $spec for $key with MAX_JOBS=$MAX_JOBS (30-50 minutes on 2 cores for CPU ops; CUDA ops take"
+        log "  longer); full log: $log_file"
+        start=$(date +%s)
+        # --no-build-isolation: the build must see the installed torch (in isolation the ops are silently left
+        # out). --no-cache-dir / --no-binary: pip's wheel cache does not know which torch a wheel was built against.
+        "$vpy" -m pip wheel -v --no-build-isolation --no-deps --no-cache-dir --no-binary "$name" -w "$scratch/wheels" \
+            "$spec" > "$log_file" 2>&1 &
+        pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+            sleep 30
+            kill -0 "$pid" 2>/dev/null || break
+            elapsed=$(( $(date +%s) - start ))
+            # pip -v indents the build output; ninja's status is "[finished/total] command".
+            step=$(grep -oE '^ *\[[0-9]+/[0-9]+\]' "$log_file" | tail -n 1 | tr -d ' []' || true)
+            log "compiling $name: ${step:+step $step, }$((elapsed / 60))m$((elapsed % 60))s elapsed"
+        done
+        status=0; wait "$pid" || status=$?
+        if [ "$status" != 0 ]; then
+            log "$name compile FAILED (exit $status) after $(( ($(date +%s) - start) / 60 )) min. Last compiler error:"
+            errors=$(grep -nE 'error:|#error|FAILED:|fatal' "$log_file" | tail -n 8 || true)
+            printf '%s\n' "${errors:-$(tail -n 20 "$log_file")}" >&2
+            die "full log: $log_file"
+        fi
+        log "$name compiled in $(( ($(date +%s) - start) / 60 )) min ($log_file)"
+    )
+    mv "$scratch"/wheels/*.whl "$dest/"
+    rm -rf "$scratch"
+}
