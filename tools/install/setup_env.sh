@@ -6,8 +6,9 @@
 #   FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 bash tools/install/setup_env.sh   # CUDA ops without a visible GPU
 #
 # Other settings: TORCH_REQUIREMENTS (default requirements/torch.txt) and CONSTRAINTS (default
-# requirements/constraints.txt) choose the torch and the pins (old_torch_env.sh uses them), MAX_JOBS (2) the
-# compile parallelism, MMDUALVIT_WHEEL_CACHE (.cache/wheels) where compiled mmcv wheels are kept.
+# requirements/constraints.txt, or requirements/constraints-py310.txt on Python 3.10) choose the torch and the pins
+# (old_torch_env.sh uses them), MAX_JOBS (2) the compile parallelism, MMDUALVIT_WHEEL_CACHE (.cache/wheels) where
+# compiled mmcv wheels are kept.
 #
 # mmcv 2.1.0 exists on PyPI only as a source tarball. Its compiled ops only work with the Python, torch build and
 # CUDA flavour they were built for, so wheels are cached under a key naming all three (see lib.sh), e.g.
@@ -23,17 +24,15 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${VENV:-$root/.venv}
 python=${PYTHON:-python3}
 torch_reqs=${TORCH_REQUIREMENTS:-$root/requirements/torch.txt}
-constraints=${CONSTRAINTS:-$root/requirements/constraints.txt}
 cache_root=${MMDUALVIT_WHEEL_CACHE:-$root/.cache/wheels}
 
 [ -x "$venv/bin/python" ] || { log "creating virtual environment $venv with $python"; "$python" -m venv "$venv"; }
 vpy="$venv/bin/python"
 pip() { "$vpy" -m pip "$@"; }
 py_version=$("$vpy" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-case $py_version in
-    3.1[0-3]) require_python_for_pins "$py_version" "$constraints" "$root" ;;
-    *) die "Python $py_version is not supported: use Python 3.11 or 3.12 (PYTHON=python3.12 ...)" ;;
-esac
+default=$(default_constraints "$py_version" "$root")
+constraints=${CONSTRAINTS:-$default}
+log "pinned versions: $constraints"
 
 # Keep any find-links pip is configured with (e.g. local torch wheels); our cache is searched separately.
 configured_links=$(pip config get global.find-links 2>/dev/null || true)
