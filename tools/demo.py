@@ -58,7 +58,6 @@ def build_config(args, data_root: str, work_dir: str):
     # Evaluate once, after training: no validation loop (the train loop would otherwise evaluate at its last
     # iteration); the test loop scores and writes the COCO result files.
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.train_cfg.val_interval = 10**9
     root = data_root.rstrip('/') + '/'
     for loader in ('train_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = root
