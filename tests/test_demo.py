@@ -53,6 +53,11 @@ def test_demo_prints_a_short_story_with_one_table_and_writes_pictures(tmp_path):
         # 4 columns of half-size pictures: wider than two of them, tall enough for 4 rows.
         assert sheet.width > 2 * width and sheet.height > 2 * height
 
+    # `make demo` again: a fresh run into the same work dir replaces the previous demo (no used-work-dir refusal).
+    again = run_tool([sys.executable, REPO / 'tools' / 'demo.py', '--iters', '1', '--progress-every', '1',
+                      '--work-dir', work, '--data-root', tmp_path / 'toy_coco'], cwd=tmp_path).stdout
+    assert re.search(r'iter +1/1 +loss +\d+\.\d+', again) and 'COCO AP on the toy val split' in again
+
 
 def test_demo_pictures_show_the_predictions_and_are_the_same_on_every_run(tmp_path):
     """tools/demo.py's drawing (mmdet's DetLocalVisualizer on upscaled images, titles, a contact sheet), given the

@@ -53,6 +53,7 @@ def build_config(args, data_root: str, work_dir: str):
     from mmengine.config import Config
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir = work_dir
+    cfg.overwrite_work_dir = True  # each `make demo` is a fresh run that replaces the previous demo's checkpoints
     cfg.randomness = dict(seed=SEED, deterministic=True)
     cfg.launcher = 'none'
     # Evaluate once, after training: no validation loop (the train loop would otherwise evaluate at its last
