@@ -495,7 +495,7 @@ def test_train_tool_refuses_a_used_work_dir_and_stops_a_diverging_run(toy_root):
     first = (toy_root / 'work' / 'iter_2.pth').read_bytes()
 
     rc, out = run_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
-    assert rc == 1 and 'WorkDirError: work already holds checkpoints (iter_2.pth)' in out, out[-3000:]
+    assert rc == 1 and f'WorkDirError: {toy_root / "work"} already holds checkpoints (iter_2.pth)' in out, out[-3000:]
     assert '--overwrite-work-dir' in out and (toy_root / 'work' / 'iter_2.pth').read_bytes() == first
 
     # Allowed to overwrite, with a learning rate that makes it diverge: it stops, and iter_2.pth stays finite.
