@@ -1,5 +1,5 @@
 # make test / make demo create (once) and reuse the virtual environment in .venv/.
-#   PYTHON=python3.12 make test     builds the venv with another interpreter (3.11 or 3.12;
+#   PYTHON=python3.12 make test     builds the venv with another interpreter (3.10, 3.11 or 3.12;
 #                                   3.13 needs a prebuilt mmcv wheel)
 VENV ?= .venv
 # PYTHON, the interpreter that creates the venv, is read from the environment by tools/install/setup_env.sh.
@@ -31,6 +31,12 @@ gpu-check: $(STAMP)
 TORCH ?= 2.1.2
 old-torch-env:
 	bash dev/old_torch_env.sh $(TORCH)
+
+# The OneDL forks of OpenMMLab from PyPI (onedl-mmcv compiled against torch 2.10.0), then the whole test suite there:
+#   make fork-env    (venv in .venv-onedl; DRY_RUN=1 only resolves; not part of CI)
+.PHONY: fork-env
+fork-env:
+	bash dev/fork_env.sh
 
 clean-venv:
 	rm -rf $(VENV)

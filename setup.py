@@ -24,7 +24,11 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
-    install_requires=read_requirements('torch.txt') + read_requirements('mminstall.txt')
-    + read_requirements('runtime.txt'),
-    extras_require={'tests': read_requirements('tests.txt'), 'optional': read_requirements('optional.txt')},
+    # torch and the OpenMMLab packages are not install_requires: an environment has them already, built for its CUDA
+    # and often under other distribution names (the OneDL forks: onedl-mmcv ...), which pip cannot tell apart from
+    # missing ones, so it would install upstream mmcv/mmdet over them. `import mmdualvit` checks them instead
+    # (mmdualvit/deps.py); `mmdualvit[openmmlab]` installs them into a fresh environment (OpenMMLab's convention).
+    install_requires=read_requirements('runtime.txt'),
+    extras_require={'openmmlab': read_requirements('torch.txt') + read_requirements('mminstall.txt'),
+                    'tests': read_requirements('tests.txt'), 'optional': read_requirements('optional.txt')},
 )

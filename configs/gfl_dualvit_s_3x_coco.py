@@ -10,13 +10,15 @@ model = dict(backbone=_base_.dualvit_3x_backbone, neck=dict(in_channels=[64, 128
 # 1 image per GPU (8 GPUs, batch 8): the file as first published with the results (commit 8039229) uses
 # coco_detection_b1.py; a later clean-up (2022-08-08) deleted that base and pointed the file at the 2-image one.
 train_pipeline = _base_.dualvit_3x_box_pipeline
-train_dataloader = dict(batch_size=1, dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(batch_size=1, dataset=dict(type='mmdualvit.CheckedCocoDataset', pipeline=train_pipeline))
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 train_cfg = _base_.dualvit_3x_train_cfg
 param_scheduler = _base_.dualvit_3x_param_scheduler
 optim_wrapper = dict(_delete_=True, **_base_.dualvit_3x_optim_wrapper)
 find_unused_parameters = _base_.dualvit_3x_find_unused_parameters
-# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
-# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints; one
+# training per work dir, never over its checkpoints; checkpoints written atomically that load with plain
+# torch.load(weights_only=True), with or without mmdualvit, and never hold NaN/Inf; a NaN/Inf loss stops training.
 runner_type = 'mmdualvit.StrictRunner'
-default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'),
+                     finite_loss=dict(type='mmdualvit.FiniteLossHook'))

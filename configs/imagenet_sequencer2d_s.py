@@ -13,7 +13,9 @@ model = dict(
     type='mmdualvit.ImageNetClassifier',
     backbone=dict(type='mmdualvit.Sequencer2D', arch='s', pyramid='native', out_indices=(3, )),
     head=dict(type='mmdualvit.Sequencer2DClsHead', num_classes=1000, in_channels=384, topk=(1, 5)))
-# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
-# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints; one
+# training per work dir, never over its checkpoints; checkpoints written atomically that load with plain
+# torch.load(weights_only=True), with or without mmdualvit, and never hold NaN/Inf; a NaN/Inf loss stops training.
 runner_type = 'mmdualvit.StrictRunner'
-default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'),
+                     finite_loss=dict(type='mmdualvit.FiniteLossHook'))

@@ -18,7 +18,11 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True, type='AmpOptimWrapper', loss_scale=512., optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
-# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints; one
+# training per work dir, never over its checkpoints; checkpoints written atomically that load with plain
+# torch.load(weights_only=True), with or without mmdualvit, and never hold NaN/Inf; a NaN/Inf loss stops training.
 runner_type = 'mmdualvit.StrictRunner'
-default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'),
+                     finite_loss=dict(type='mmdualvit.FiniteLossHook'))
+# Annotation faults are named, and a training set with nothing to train on is an error.
+train_dataloader = dict(dataset=dict(type='mmdualvit.CheckedCocoDataset'))

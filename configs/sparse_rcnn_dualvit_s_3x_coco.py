@@ -11,7 +11,8 @@ model = dict(backbone=_base_.dualvit_3x_backbone, neck=dict(in_channels=[64, 128
 
 # 1 image per GPU (8 GPUs, batch 8): the official file sets samples_per_gpu=1.
 train_pipeline = _base_.dualvit_3x_box_pipeline
-train_dataloader = dict(batch_size=1, num_workers=1, dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(batch_size=1, num_workers=1,
+                        dataset=dict(type='mmdualvit.CheckedCocoDataset', pipeline=train_pipeline))
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 train_cfg = _base_.dualvit_3x_train_cfg
 param_scheduler = _base_.dualvit_3x_param_scheduler
@@ -22,7 +23,9 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=0.000025 / 1.4, weight_decay=0.0001),
     clip_grad=dict(max_norm=1, norm_type=2))
-# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
-# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints; one
+# training per work dir, never over its checkpoints; checkpoints written atomically that load with plain
+# torch.load(weights_only=True), with or without mmdualvit, and never hold NaN/Inf; a NaN/Inf loss stops training.
 runner_type = 'mmdualvit.StrictRunner'
-default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'),
+                     finite_loss=dict(type='mmdualvit.FiniteLossHook'))

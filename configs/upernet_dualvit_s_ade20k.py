@@ -22,7 +22,9 @@ optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 # mmseg's visualizer with one fix: it accepts the non-contiguous images mmseg's own browse_dataset.py passes.
 visualizer = dict(type='mmdualvit.SegLocalVisualizer')
-# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints;
-# checkpoints written atomically that load with plain torch.load(weights_only=True), with or without mmdualvit.
+# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints; one
+# training per work dir, never over its checkpoints; checkpoints written atomically that load with plain
+# torch.load(weights_only=True), with or without mmdualvit, and never hold NaN/Inf; a NaN/Inf loss stops training.
 runner_type = 'mmdualvit.StrictRunner'
-default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'))
+default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'),
+                     finite_loss=dict(type='mmdualvit.FiniteLossHook'))

@@ -1,22 +1,69 @@
-"""Atomic local writes: a file appears complete under its final name, or not at all.
+"""Atomic local writes (a file appears complete under its final name, or not at all) and the work-dir lock.
 
 Used by the checkpoint converters (:mod:`mmdualvit.checkpoint`) and, through :class:`AtomicLocalBackend`, by the
-training checkpoints of :class:`mmdualvit.engine.PortableCheckpointHook`.
+training checkpoints of :class:`mmdualvit.engine.PortableCheckpointHook`; :class:`mmdualvit.engine.StrictRunner`
+takes the lock of :func:`acquire_lock` for a training and cleans up with :func:`remove_stale_temporaries`.
 """
 import glob
+import hashlib
+import json
 import os
 import os.path as osp
+import re
+import socket
+import sys
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Union
+from typing import BinaryIO, Iterator, List, Optional, Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
 ATOMIC_BACKEND = 'mmdualvit_atomic_local'
-# A temporary is '.<final name>.<random hex>.mmdualvit-tmp': hidden, next to its target (so the rename stays on one
-# file system), and recognisable as ours when an interrupted run left it behind.
+# A temporary is '.<final name>.<writer>.<random hex>.mmdualvit-tmp': hidden, next to its target (so the rename stays
+# on one file system), recognisable as ours when an interrupted run left it behind, and naming its writer
+# ('<host hash>-<pid>') so that a clean-up never removes the temporary of a write still in flight.
 TMP_SUFFIX = '.mmdualvit-tmp'
+_HOST = socket.gethostname()
+_HOST_TAG = hashlib.sha1(_HOST.encode()).hexdigest()[:8]
+_TMP_WRITER = re.compile(r'\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[0-9a-f]{32}' + re.escape(TMP_SUFFIX) + '$')
+LOCK_NAME = '.mmdualvit-train.lock'
+
+
+class WorkDirLockedError(RuntimeError):
+    """Another live process holds the lock of a directory."""
+
+
+def _process_stat(pid: int) -> Optional[List[str]]:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state, ..., start time at index 19), or None off Linux / if gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _process_start(pid: int) -> Optional[str]:
+    fields = _process_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def process_alive(pid: int, start: Optional[str] = None) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not); with ``start`` (its start time as
+    :func:`_process_start` read it), also whether it is still that process and not a later one that reuses the pid."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    fields = _process_stat(pid)
+    if fields is not None and (fields[0] == 'Z' or (start is not None and len(fields) > 19 and fields[19] != start)):
+        return False
+    return True
 
 
 @contextmanager
@@ -30,7 +77,7 @@ def atomic_open(filepath: Union[str, Path]) -> Iterator[BinaryIO]:
     """
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
-    tmp = osp.join(directory, f'.{osp.basename(filepath)}.{uuid.uuid4().hex}{TMP_SUFFIX}')
+    tmp = osp.join(directory, f'.{osp.basename(filepath)}.{_HOST_TAG}-{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}')
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
@@ -53,12 +100,106 @@ def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
 def remove_stale_temporaries(directory: Union[str, Path]) -> List[str]:
     """Delete the temporaries that writes killed half-way (SIGKILL, out of memory) left in ``directory``.
 
-    Call it only when no write to ``directory`` is in flight, i.e. when a run starts. Returns the removed paths.
+    A temporary whose writer still runs on this machine is kept, and so is one written on another machine (whose
+    processes cannot be checked from here); a temporary without a writer in its name (from an earlier mmdualvit, whose
+    trainings took no lock) is removed. Returns the removed paths.
     """
-    stale = sorted(glob.glob(osp.join(glob.escape(str(directory)), f'.*{TMP_SUFFIX}')))
-    for path in stale:
+    removed = []
+    for path in sorted(glob.glob(osp.join(glob.escape(str(directory)), f'.*{TMP_SUFFIX}'))):
+        writer = _TMP_WRITER.search(osp.basename(path))
+        if writer and (writer['host'] != _HOST_TAG or process_alive(int(writer['pid']))):
+            continue
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # its writer renamed it into place meanwhile
+            continue
+        removed.append(path)
+    return removed
+
+
+def _read_lock(path: str) -> Optional[dict]:
+    """The holder recorded in lock file ``path``; None if there is no such file. A lock is written with one
+    ``write`` right after its creation, so an empty or partial file is read again after a moment."""
+    for _ in range(20):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            holder = json.loads(text)
+            if isinstance(holder, dict) and isinstance(holder.get('pid'), int):
+                return holder
+        except ValueError:
+            pass
+        time.sleep(0.05)
+    return dict(pid=-1, host='?', unreadable=text[:200])
+
+
+def _holder_alive(holder: dict) -> bool:
+    if holder.get('unreadable') is not None or holder.get('host') != _HOST:
+        return True  # cannot be checked from here
+    return process_alive(holder['pid'], holder.get('start'))
+
+
+def acquire_lock(path: Union[str, Path]) -> Optional[dict]:
+    """Create lock file ``path`` for this process (its pid, host, start time and command line).
+
+    A lock whose process no longer runs on this machine is stale and taken over; its holder is returned (None when
+    there was no lock).
+
+    Raises:
+        WorkDirLockedError: a live process holds the lock, or one on another machine, or the file is unreadable.
+    """
+    path = str(path)
+    mine = json.dumps(dict(pid=os.getpid(), host=_HOST, start=_process_start(os.getpid()),
+                           since=time.strftime('%Y-%m-%d %H:%M:%S'), command=' '.join(sys.argv))).encode()
+    stale = None
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None:  # released meanwhile
+                continue
+            if _holder_alive(holder):
+                raise WorkDirLockedError(_held_message(path, holder)) from None
+            # Move the stale lock aside, then check it is the one judged stale (another starting process may have
+            # replaced it meanwhile): a plain remove could delete that process's fresh lock.
+            aside = f'{path}.{os.getpid()}.{uuid.uuid4().hex}.stale'
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            if _read_lock(aside) != holder:
+                os.rename(aside, path)
+                raise WorkDirLockedError(_held_message(path, _read_lock(path) or holder)) from None
+            os.remove(aside)
+            stale = holder
+            continue
+        with os.fdopen(fd, 'wb') as f:
+            f.write(mine)
+        return stale
+    raise WorkDirLockedError(f'could not take the lock {path}: other processes keep taking and releasing it.')
+
+
+def _held_message(path: str, holder: dict) -> str:
+    if holder.get('unreadable') is not None:
+        who = f'an unknown process (the lock file reads {holder["unreadable"]!r})'
+    else:
+        where = 'this machine' if holder.get('host') == _HOST else f'machine {holder.get("host")!r}'
+        who = (f'process {holder["pid"]} on {where} (since {holder.get("since", "?")}: '
+               f'{holder.get("command", "?")})')
+    return (f'{osp.dirname(path) or "."} is in use by {who}. Two trainings in one work dir overwrite each other\'s '
+            f'checkpoints: wait for it to finish, or train in another work dir (--work-dir). If that process is not '
+            f'running any more, delete {path}.')
+
+
+def release_lock(path: Union[str, Path]) -> None:
+    """Remove lock file ``path`` if this process holds it."""
+    holder = _read_lock(str(path))
+    if holder is not None and holder.get('pid') == os.getpid() and holder.get('host') == _HOST:
         os.remove(path)
-    return stale
 
 
 class AtomicLocalBackend(LocalBackend):

@@ -31,7 +31,9 @@ def test_one_registry_node_under_mmengine_root():
 
 
 def pins() -> dict:
-    lines = (REPO / 'requirements' / 'constraints.txt').read_text().splitlines()
+    """The lock `make` installed with on this Python (tools/install/lib.sh, default_constraints)."""
+    lock = 'constraints-py310.txt' if sys.version_info[:2] == (3, 10) else 'constraints.txt'
+    lines = (REPO / 'requirements' / lock).read_text().splitlines()
     return dict(line.split('==', 1) for line in lines if '==' in line and not line.startswith('#'))
 
 

@@ -17,7 +17,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description='Test a checkpoint with mmengine\'s Runner')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='where the evaluation log and metrics go')
+    parser.add_argument('--work-dir', help='where the evaluation log and metrics go (default: work_dirs/<config '
+                        'name>/test, never the training\'s work dir itself)')
     parser.add_argument('--show-dir', help='save pictures of the predictions into this directory')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the backbone (the first iterations are slow while it compiles)')
@@ -41,7 +42,7 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = load_config(args, subdir='test')
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)

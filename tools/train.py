@@ -1,7 +1,7 @@
 """Train a detector, segmentor or classifier from an mmdualvit (or any OpenMMLab) config.
 
     python tools/train.py configs/maskrcnn_dualvit_s_coco.py [--work-dir DIR] [--resume [CKPT]] [--amp] [--compile]
-                          [--cfg-options key=value ...] [--launcher pytorch]
+                          [--overwrite-work-dir] [--cfg-options key=value ...] [--launcher pytorch]
 
 The config's ``default_scope`` (mmdet, mmseg or mmpretrain) decides which library's components are used.
 """
@@ -20,6 +20,9 @@ def parse_args():
     parser.add_argument('--work-dir', help='where logs and checkpoints go (default: work_dirs/<config name>)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in the work dir when no CKPT is given')
+    parser.add_argument('--overwrite-work-dir', action='store_true',
+                        help='start (or resume from an older checkpoint) in a work dir that holds checkpoints, letting '
+                             'this run overwrite them (same as --cfg-options overwrite_work_dir=True)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on GPU, bfloat16 on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the actual total batch size')
     parser.add_argument('--compile', action='store_true',
@@ -34,6 +37,8 @@ def main():
     if args.amp:
         enable_amp(cfg)
     adapt_amp_to_cpu(cfg)
+    if args.overwrite_work_dir:
+        cfg.overwrite_work_dir = True
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg:
             raise SystemExit(f'{args.config} has no auto_scale_lr.base_batch_size; set it to use --auto-scale-lr.')

@@ -1,15 +1,24 @@
-"""Runner hooks shipped with mmdualvit's configs: checkpoints that are atomic, portable and safe to load."""
+"""Runner hooks shipped with mmdualvit's configs: checkpoints that are atomic, portable, safe to load and finite, and
+a training that stops at the first non-finite loss."""
+import functools
+import math
 import os.path as osp
 from collections import Counter
 from typing import Optional
 
 import numpy as np
-from mmengine.dist import is_main_process
-from mmengine.hooks import CheckpointHook
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
+from mmengine.optim import OptimWrapperDict
 
+from ..checkpoint import _listed, compare_weights
 from ..fileio import ATOMIC_BACKEND, atomic_write
 from ..registry import HOOKS
+
+FINITE_LOSS_FIX = ('lower the learning rate, clip gradients (optim_wrapper.clip_grad=dict(max_norm=...)) or check the '
+                   'data, then --resume from the last checkpoint')
 
 # Mark a history buffer / a Counter stored as plain data, so that loading can tell them from other dicts.
 _PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
@@ -91,6 +100,8 @@ class PortableCheckpointHook(CheckpointHook):
     - local checkpoints go through the ``mmdualvit_atomic_local`` backend unless ``backend_args`` says otherwise,
       and ``last_checkpoint`` is written atomically too (mmengine rewrites it in place);
     - with ``max_keep_ckpts`` the oldest checkpoint is removed only *after* the new one is complete;
+    - weights holding NaN/Inf are never saved (:class:`FloatingPointError`): the checkpoints already written, which
+      rotation would otherwise delete, stay;
     - the message hub's history is stored as plain lists (and multi-step schedulers' milestone Counters as plain
       pairs), so the files load with ``torch.load(f, weights_only=True)`` without mmdualvit (or mmengine)
       installed, on torch < 2.4 too.
@@ -102,6 +113,17 @@ class PortableCheckpointHook(CheckpointHook):
         super().__init__(*args, backend_args=backend_args, out_dir=out_dir, **kwargs)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Refuse to save weights holding NaN/Inf (the save, and so the rotation, does not happen); make the
+        checkpoint plain data."""
+        state = {k: v for k, v in checkpoint.get('state_dict', {}).items() if isinstance(v, torch.Tensor)}
+        not_finite = compare_weights(state, state).not_finite
+        if not_finite:
+            meta = checkpoint.get('meta', {})
+            step = f'epoch {meta.get("epoch")}' if self.by_epoch else f'iteration {meta.get("iter")}'
+            raise FloatingPointError(
+                f'not saving the checkpoint of {step}: {len(not_finite)} model tensors hold NaN or Inf '
+                f'({_listed(not_finite)}); training has diverged. The checkpoints already written are kept; '
+                f'{FINITE_LOSS_FIX}.')
         checkpoint_to_plain(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -130,3 +152,79 @@ class PortableCheckpointHook(CheckpointHook):
                 self.file_backend.remove(old)
             elif self.file_backend.isdir(old):  # deepspeed writes directories
                 self.file_backend.rmtree(old)
+
+
+@HOOKS.register_module()
+class FiniteLossHook(Hook):
+    """Stop training at a NaN or Inf loss before it reaches the weights, or skip at most ``max_skips`` such steps.
+
+    The check runs inside the optimizer wrapper's ``update_params`` (so before ``backward`` and ``step``), on the
+    summed loss, for every iteration; in distributed training all ranks decide together. A skipped iteration updates
+    nothing; the ``max_skips + 1``-th non-finite loss of a run stops it with :class:`FloatingPointError`. A model
+    whose ``train_step`` does not call ``update_params`` is checked after the iteration instead, and stopped there
+    (its weights are then already updated, but :class:`PortableCheckpointHook` saves no non-finite weights).
+
+    mmdet's ``CheckInvalidLossHook`` checks only every 50 iterations, after the step, with an ``assert``.
+
+    Args:
+        max_skips (int): How many iterations with a non-finite loss a run may skip. Defaults to 0: stop at the first.
+    """
+
+    priority = 'ABOVE_NORMAL'  # after_train_iter before the checkpoint hook (VERY_LOW)
+
+    def __init__(self, max_skips: int = 0):
+        if not isinstance(max_skips, int) or isinstance(max_skips, bool) or max_skips < 0:
+            raise ValueError(f'FiniteLossHook: max_skips must be an integer >= 0, got {max_skips!r}.')
+        self.max_skips = max_skips
+        self.skipped = 0
+        self._checked_iter = None
+        self._wrapped = []
+
+    def before_train(self, runner) -> None:
+        self.after_train(runner)  # a previous train() of this hook that raised
+        self.skipped = 0
+        wrapper = runner.optim_wrapper
+        wrappers = list(wrapper.values()) if isinstance(wrapper, OptimWrapperDict) else [wrapper]
+        for each in wrappers:
+            each.update_params = functools.partial(self._update_params, runner, each.update_params)
+            self._wrapped.append(each)
+
+    def after_train(self, runner) -> None:
+        for wrapper in self._wrapped:
+            del wrapper.update_params  # the class's method again
+        self._wrapped = []
+
+    def _update_params(self, runner, update_params, loss: torch.Tensor, *args, **kwargs) -> None:
+        total = loss.detach().float().sum()
+        if get_world_size() > 1:  # NaN/Inf on any rank makes the sum non-finite on all
+            total = total.clone()
+            all_reduce(total, op='sum')
+        self._checked_iter = runner.iter
+        if bool(torch.isfinite(total)):
+            return update_params(loss, *args, **kwargs)
+        own = loss.detach().float().sum().item()
+        self._non_finite(runner, f'{own}' if not math.isfinite(own) else f'{total.item()} on another rank',
+                         'before this step updated')
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
+        if self._checked_iter == runner.iter or not outputs or 'loss' not in outputs:
+            return  # checked in update_params (runner.iter is advanced after this hook)
+        loss = outputs['loss']
+        value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(self._message(runner, f'{value}', 'after this step updated'))
+
+    def _non_finite(self, runner, value: str, when: str) -> None:
+        if self.skipped < self.max_skips:
+            self.skipped += 1
+            runner.logger.warning(f'loss is {value} at iteration {runner.iter + 1}: skipped this update '
+                                  f'({self.skipped} of at most {self.max_skips}, default_hooks.finite_loss.max_skips).')
+            return
+        raise FloatingPointError(self._message(runner, value, when))
+
+    def _message(self, runner, value: str, when: str) -> str:
+        skipped = f' after skipping {self.skipped} such iterations (max_skips={self.max_skips})' if self.max_skips \
+            else ''
+        return (f'loss is {value} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}){skipped}: training stopped '
+                f'{when} the weights, and no checkpoint is written from it. Training has diverged: {FINITE_LOSS_FIX}. '
+                f'To skip up to N such iterations instead, set default_hooks.finite_loss.max_skips=N.')

@@ -84,15 +84,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    """The config with the command line applied: launcher, --cfg-options, work dir (default work_dirs/<name>)."""
+def load_config(args: argparse.Namespace, subdir: str = '') -> Config:
+    """The config with the command line applied: launcher, --cfg-options, work dir (``--work-dir``, else the config's
+    ``work_dir``, else ``work_dirs/<config name>``; with ``subdir``, that folder of the latter two)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('work_dirs',
-                                                                   osp.splitext(osp.basename(args.config))[0])
+    default = cfg.get('work_dir') or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.work_dir = args.work_dir or (osp.join(default, subdir) if subdir else default)
     if args.allow_partial_load:
         cfg.strict_load = False
     if args.skip_weight_check:

@@ -1,42 +1,65 @@
-"""A Runner that loads checkpoints strictly and safely, and whose ``--resume`` never throws trained work away.
+"""A Runner that loads checkpoints strictly and safely, and whose trainings never throw trained work away.
 
 mmengine's :class:`~mmengine.runner.Runner` loads ``load_from`` / ``resume`` files with ``strict=False`` (a wrong or
 partial file trains or evaluates random weights after a warning), reads them with torch's default ``weights_only``
 (``False`` before torch 2.6), and on ``resume=True`` without ``last_checkpoint`` silently starts from iteration 0,
-after which ``max_keep_ckpts`` deletes the trained checkpoints. :class:`StrictRunner` changes exactly these points.
-Configs select it with ``runner_type = 'mmdualvit.StrictRunner'`` (ours do), which mmdet's, mmseg's and our tools
-all honour.
+after which ``max_keep_ckpts`` deletes the trained checkpoints. A training started into a work dir that holds
+checkpoints, or resumed from an older one, overwrites them, and two trainings in one work dir overwrite each other.
+:class:`StrictRunner` changes exactly these points. Configs select it with ``runner_type = 'mmdualvit.StrictRunner'``
+(ours do), which mmdet's, mmseg's and our tools all honour.
 """
 import os
 import os.path as osp
 import re
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from mmengine.dist import broadcast_object_list, get_world_size
 from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner
+from mmengine.optim import OptimWrapperDict
+from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from ..checkpoint import CheckpointError, MissingCheckpointError, load_checkpoint_weights, read_checkpoint
-from ..fileio import remove_stale_temporaries
+from ..checkpoint import (CheckpointError, MissingCheckpointError, _listed, load_checkpoint_weights,
+                          read_checkpoint)
+from ..fileio import LOCK_NAME, acquire_lock, release_lock, remove_stale_temporaries
 from ..registry import RUNNERS
 
 STRICT_KEY = 'strict_load'  # top-level config key; `--cfg-options strict_load=False` allows a partial load
 TRUST_KEY = 'trust_checkpoint'  # set by --trust-checkpoint: unpickle fully (weights_only=False)
 CHECK_WEIGHTS_KEY = 'check_weights'  # `--skip-weight-check` sets it False: accept NaN/Inf or non-float weights
-_CHECKPOINT_NAME = re.compile(r'^(?:epoch|iter)_(\d+)\.pth$')
+OVERWRITE_KEY = 'overwrite_work_dir'  # set by --overwrite-work-dir: train into a work dir holding checkpoints
+_CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+class WorkDirError(RuntimeError):
+    """A training that would overwrite or mix with the checkpoints of its work dir."""
 
 
 @RUNNERS.register_module()
 class StrictRunner(Runner):
-    """:class:`~mmengine.runner.Runner` whose ``load_from``, ``resume`` and test-time loading are strict and safe.
+    """:class:`~mmengine.runner.Runner` whose loading is strict and safe and whose trainings never lose work.
+
+    Loading (``load_from``, ``resume``, test-time):
 
     - weights load strictly (see :func:`mmdualvit.checkpoint.load_checkpoint_weights`) unless the config sets
       ``strict_load=False``, and NaN/Inf or non-floating weights are refused unless it sets ``check_weights=False``;
     - files are read with :func:`mmdualvit.checkpoint.read_checkpoint`, with ``weights_only=True`` (on torch < 2.6
       too, whose default is ``False``) unless the config sets ``trust_checkpoint=True`` (``--trust-checkpoint``);
-    - at start, temporaries left by a write that was killed half-way are removed from the work dir;
     - ``resume=True`` without a file: uses ``last_checkpoint``; when it is missing, empty, or points to an unreadable
       file, resumes from the newest *readable* ``iter_N.pth`` / ``epoch_N.pth`` in the work dir and says which;
-      starts from scratch only when the work dir holds no checkpoint at all.
+      starts from scratch only when the work dir holds no checkpoint at all;
+    - a resumed iteration (epoch) beyond ``max_iters`` (``max_epochs``) is an error, and optimizer settings of the
+      config that the checkpoint replaces (e.g. the learning rate) are named in a warning.
+
+    Training (:meth:`train`) in a work dir:
+
+    - takes the lock file ``.mmdualvit-train.lock`` there (pid and host; the lock of a process that no longer runs is
+      stale and taken over), so a second training in the same work dir is refused;
+    - refuses to start when the work dir holds ``iter_N.pth`` / ``epoch_N.pth`` files and the run does not resume, or
+      resumes from a checkpoint older than some of them, unless the config sets ``overwrite_work_dir=True``
+      (``--overwrite-work-dir``);
+    - removes the temporaries that writes killed half-way left there (never those of a live writer).
+
+    Testing and validation take no lock and delete nothing.
     """
 
     def __init__(self, *args, **kwargs):
@@ -44,15 +67,95 @@ class StrictRunner(Runner):
         self._strict_load = bool(self.cfg.get(STRICT_KEY, True))
         self._trust = bool(self.cfg.get(TRUST_KEY, False))
         self._check_weights = bool(self.cfg.get(CHECK_WEIGHTS_KEY, True))
+        self._overwrite = bool(self.cfg.get(OVERWRITE_KEY, False))
         self._prefetched: Optional[Tuple[str, dict]] = None
+        self._unreadable: List[str] = []  # checkpoints of the work dir that --resume found unreadable
 
+    def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
+        """mmengine's, where ``None`` also switches off a default hook that mmengine does not define itself (e.g.
+        ``--cfg-options default_hooks.finite_loss=None``; mmengine asserts on it)."""
+        if hooks is not None:
+            defined_here = ('runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler', 'checkpoint')
+            hooks = {name: hook for name, hook in hooks.items() if hook is not None or name in defined_here}
+        super().register_default_hooks(hooks)
+
+    # ------------------------------------------------------------------------------------------- training
+    def train(self):
+        """mmengine's ``train``, holding the work dir's lock, after the work-dir checks (see the class)."""
+        lock = osp.join(self.work_dir, LOCK_NAME)
+        error = None
+        if self.rank == 0:
+            try:
+                stale = acquire_lock(lock)
+                if stale is not None:
+                    self.logger.warning(f'Took over the lock {lock} of process {stale["pid"]}, which no longer runs '
+                                        f'(since {stale.get("since", "?")}: {stale.get("command", "?")}).')
+                try:
+                    for path in remove_stale_temporaries(self.work_dir):
+                        self.logger.warning(f'Removed {path}: the temporary of a write that was interrupted.')
+                    self._check_work_dir()
+                except BaseException:
+                    release_lock(lock)
+                    raise
+            except Exception as err:  # noqa: B902 (raised below, on every rank)
+                error = err
+        if get_world_size() > 1:  # every rank stops when rank 0 refuses
+            shared = [None if error is None else str(error)]
+            broadcast_object_list(shared, src=0)
+            if shared[0] is not None and error is None:
+                raise WorkDirError(f'rank 0 refused to start: {shared[0]}')
+        if error is not None:
+            raise error
+        try:
+            return super().train()
+        finally:
+            if self.rank == 0:
+                release_lock(lock)
+
+    def _work_dir_checkpoints(self) -> List[Tuple[str, int, str]]:
+        """``(kind, step, path)`` of the ``epoch_N.pth`` / ``iter_N.pth`` files in the work dir, newest first."""
+        found = []
+        for name in os.listdir(self.work_dir):
+            match = _CHECKPOINT_NAME.match(name)
+            if match:
+                found.append((match.group(1), int(match.group(2)), osp.join(self.work_dir, name)))
+        return sorted(found, key=lambda item: (item[1], item[0]), reverse=True)
+
+    def _check_work_dir(self) -> None:
+        """Refuse a training that would overwrite checkpoints of the work dir (unless ``overwrite_work_dir``)."""
+        found = self._work_dir_checkpoints()
+        if not found or self._overwrite:
+            return
+        newest = found[0][2]
+        names = _names(p for _, _, p in found)
+        if not self._resume:
+            raise WorkDirError(
+                f'{self.work_dir} already holds checkpoints ({names}); this new run would overwrite them. Resume the '
+                f'newest with --resume (or --resume {newest}), train in another work dir (--work-dir), or pass '
+                f'--overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to replace them.')
+        if self._load_from is None:
+            self._load_from = self._find_resume_checkpoint()
+        elif self._prefetched is None or self._prefetched[0] != self._load_from:
+            self._prefetched = (self._load_from, self._read(self._load_from))
+        meta = self._prefetched[1].get('meta') if self._prefetched else None
+        if not isinstance(meta, dict):
+            return  # not a training checkpoint: resume() says so
+        resumed = osp.abspath(self._load_from)
+        newer = [path for kind, step, path in found
+                 if step > int(meta.get(kind, step)) and osp.abspath(path) != resumed and path not in self._unreadable]
+        if newer:
+            raise WorkDirError(
+                f'--resume {self._load_from}: {self.work_dir} holds newer checkpoints ({_names(newer)}), which this '
+                f'run would overwrite, and checkpoint rotation could then delete the one resumed from. Resume the '
+                f'newest with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
+                f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to continue '
+                f'here anyway.')
+
+    # ------------------------------------------------------------------------------------------- loading
     def load_or_resume(self) -> None:
-        """Clean up interrupted writes, pick a valid checkpoint for ``--resume``, then load as mmengine does."""
+        """Pick a valid checkpoint for ``--resume``, then load as mmengine does."""
         if self._has_loaded:
             return None
-        if self.rank == 0:
-            for path in remove_stale_temporaries(self.work_dir):
-                self.logger.warning(f'Removed {path}: the temporary of a checkpoint write that was interrupted.')
         if self._resume and self._load_from is None:
             resume_from = self._find_resume_checkpoint()
             if resume_from is None:
@@ -64,9 +167,7 @@ class StrictRunner(Runner):
     def _find_resume_checkpoint(self) -> Optional[str]:
         work_dir = self.work_dir
         record = osp.join(work_dir, 'last_checkpoint')
-        candidates = sorted((f for f in os.listdir(work_dir) if _CHECKPOINT_NAME.match(f)),
-                            key=lambda f: (int(_CHECKPOINT_NAME.match(f).group(1)), f), reverse=True)
-        candidates = [osp.join(work_dir, f) for f in candidates]
+        candidates = [path for _, _, path in self._work_dir_checkpoints()]
         problem = None
         if osp.exists(record):
             with open(record) as f:
@@ -79,25 +180,59 @@ class StrictRunner(Runner):
                     self.logger.info(f'--resume: resuming from {recorded} (named in {record}).')
                     return recorded
                 except CheckpointError as error:
-                    problem = str(error)
+                    problem = str(error).rstrip('.')
+                    self._unreadable.append(recorded)
                     candidates = [c for c in candidates if osp.abspath(c) != osp.abspath(recorded)]
         elif candidates:
             problem = f'{record} does not exist'
         else:
             return None
-        errors = []
         for path in candidates:
             try:
                 self._prefetched = (path, self._read(path))
             except CheckpointError as error:
-                errors.append(str(error))
+                self._unreadable.append(path)
                 self.logger.warning(f'--resume: skipping {path}: {error}')
                 continue
             self.logger.warning(f'--resume: {problem}; resuming from the newest readable checkpoint, {path}.')
             return path
         raise CheckpointError(f'--resume: {problem}, and no readable iter_N.pth / epoch_N.pth in {work_dir} '
-                              f'({len(errors)} unreadable). Pass the checkpoint to resume from explicitly '
+                              f'({len(self._unreadable)} unreadable). Pass the checkpoint to resume from explicitly '
                               '(--resume PATH), or drop --resume to start from scratch in a new work dir.')
+
+    def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,
+               map_location: Union[str, Callable] = 'default') -> None:
+        """mmengine's ``resume``; then a resumed position beyond the configured end is an error, and optimizer
+        settings of the config that the checkpoint replaced are named in a warning."""
+        configured = _optimizer_settings(self.optim_wrapper) if resume_optimizer else {}
+        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        loop = self.train_loop
+        if isinstance(loop, EpochBasedTrainLoop):
+            position, end, unit, skip = self.epoch, loop.max_epochs, ('epoch', 'train_cfg.max_epochs'), ''
+        else:
+            position, end, unit = self.iter, loop.max_iters, ('iteration', 'train_cfg.max_iters')
+            skip = f', and mmengine would first advance the data loader {position} steps'
+        if position > end:
+            raise CheckpointError(
+                f'--resume: {filename} was saved at {unit[0]} {position}, beyond the end of this training '
+                f'({unit[1]}={end}): there is nothing left to train{skip}. Raise {unit[1]} above {position} to '
+                f'train further, or resume from an earlier checkpoint.')
+        replaced = []
+        for group, before in configured.items():
+            after = _optimizer_settings(self.optim_wrapper).get(group, {})
+            for key, value in before.items():
+                if key.startswith('initial_'):
+                    continue
+                base = f'initial_{key}'  # set by param schedulers; the current value follows the schedule
+                ours, theirs = (before[base], after.get(base)) if base in before else (value, after.get(key))
+                if theirs is not None and _plain(ours) != _plain(theirs):
+                    replaced.append(f'{key}={theirs!r} (config: {ours!r}{group})')
+        if replaced:
+            self.logger.warning(
+                f'--resume: {filename} replaces optimizer settings of the config: {", ".join(replaced)}. mmengine '
+                f'restores the optimizer state on resume, so training continues with the checkpoint\'s values. To '
+                f'train with the config\'s, start a new run from its weights instead (in a new work dir, '
+                f'--cfg-options load_from={filename}).')
 
     def _read(self, filename: str) -> dict:
         try:
@@ -124,3 +259,28 @@ class StrictRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+
+def _names(paths) -> str:
+    return _listed([osp.basename(p) for p in paths])
+
+
+def _optimizer_settings(optim_wrapper) -> Dict[str, dict]:
+    """The scalar settings (lr, weight_decay, betas ...) of each optimizer param group, by a readable group name."""
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        wrappers = list(optim_wrapper.items())
+    else:
+        wrappers = [('', optim_wrapper)]
+    settings = {}
+    for name, wrapper in wrappers:
+        optimizer = getattr(wrapper, 'optimizer', None)
+        for index, group in enumerate(getattr(optimizer, 'param_groups', [])):
+            label = ', '.join(filter(None, [f'optimizer {name!r}' if name else '',
+                                            f'param group {index}' if len(optimizer.param_groups) > 1 else '']))
+            settings[f'; {label}' if label else ''] = {
+                k: v for k, v in group.items() if k != 'params' and isinstance(v, (bool, int, float, tuple, list))}
+    return settings
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value

@@ -43,10 +43,13 @@ def main():
             import mmseg  # their mmcv version asserts run at import
             import torch
 
-            import mmdualvit  # noqa: F401
+            from mmdualvit.deps import problems
+            notes = problems()[1]  # releases outside the supported ranges, or two distributions of one package
+            if notes:
+                raise RuntimeError(' '.join(notes))
             summary = (f'torch {torch.__version__}, mmcv {mmcv.__version__}: {summary}; mmengine '
                        f'{mmengine.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, '
-                       f'mmpretrain {mmpretrain.__version__}, mmdualvit imports')
+                       f'mmpretrain {mmpretrain.__version__}, all supported, mmdualvit imports')
     except Exception as exc:  # any failure means "this environment does not work": report it, exit 1
         print(f'[check_env] {type(exc).__name__}: {exc}', file=sys.stderr)
         return 1

@@ -30,17 +30,18 @@ print(tag, torch.__version__, flavour, torch.version.cuda or 'none', cxx20)
 PY
 }
 
-# Stops the install, saying what to do instead, when Python version $1 ("3.10") cannot install the exact pins of
-# constraints file $2 and that file is our default one (under root $3). requirements/constraints.txt was resolved on
-# Python 3.11: on 3.10 pip finds no release of its cuda-bindings==13.5.0 (which torch 2.14.1 needs) and gives up
-# with "ResolutionImpossible" (seen with Python 3.10.13).
-require_python_for_pins() {
-    local version=$1 constraints=$2 root=$3
-    if [ "$constraints" = "$root/requirements/constraints.txt" ] && [ "${version#3.}" -lt 11 ]; then
-        die "Python $version cannot install the pinned stack of requirements/constraints.txt (resolved on Python" \
-            "3.11; e.g. its cuda-bindings==13.5.0 has no Python $version release): use Python 3.11 or 3.12" \
-            "(PYTHON=python3.12 make install), or install mmdualvit into an existing environment (README)"
-    fi
+# Prints the lock file (constraints) `make` installs with on Python version $1 ("3.10"), under root $2; stops the
+# install, saying what to use instead, for a Python outside 3.10-3.13. constraints.txt was resolved on Python 3.11
+# and also installs on 3.12 and 3.13 (where mmcv's compile is refused, see require_mmcv_buildable); on 3.10 several
+# of its pins have no release (numpy 2.4, cuda-bindings 13.5.0 ...), so 3.10 has its own, constraints-py310.txt.
+default_constraints() {
+    local version=$1 root=$2
+    case $version in
+        3.10) echo "$root/requirements/constraints-py310.txt" ;;
+        3.1[1-3]) echo "$root/requirements/constraints.txt" ;;
+        *) die "Python $version is not supported: use Python 3.10, 3.11 or 3.12" \
+            "(e.g. PYTHON=python3.12 make install)" ;;
+    esac
 }
 
 # Stops the install, saying what to do instead, when mmcv cannot be compiled for Python tag $1 ($2: our wheel cache).
@@ -52,7 +53,7 @@ require_mmcv_buildable() {
     if [ "${tag#cp3}" -ge 13 ]; then
         log "mmcv $MMCV_VERSION cannot be compiled on Python 3.${tag#cp3}: its setup.py reads __version__ through"
         log "  locals() after exec(), which Python 3.13 changed (PEP 667); the build would stop at KeyError: '__version__'."
-        die "use Python 3.11 or 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
+        die "use Python 3.10, 3.11 or 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
             "mmcv-$MMCV_VERSION-$tag-$tag-*.whl into a PIP_FIND_LINKS folder or $cache"
     fi
 }
@@ -142,4 +143,49 @@ prepare_mmcv_compile_env() {
         unset PYTORCH_NVCC
     fi
     export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2}
+}
+
+# Compiles a wheel of mmcv (or a fork of it) against the installed torch, printing progress (ninja's [done/total])
+# every 30 s; on failure, the last compiler error and the log's path. $1: the requirement ("mmcv==2.1.0",
+# "onedl-mmcv==2.3.6"), $2: the build key (e.g. cp311-torch2.14.1+cu130-cpu), $3: the folder the finished wheel is
+# moved to (only once complete, so an interrupted build never leaves a broken wheel there), $4: the folder for the
+# build log. Uses $vpy and the flavour, torch.version.cuda and cxx20 of mmcv_build_facts (arguments 5-7).
+compile_wheel() {
+    local spec=$1 key=$2 dest=$3 logs=$4 flavour=$5 cuda=$6 cxx20=$7
+    local name=${1%%[=<>!~ ]*} scratch log_file start pid status step elapsed errors
+    scratch=$(mktemp -d)
+    mkdir -p "$logs" "$dest"
+    log_file="$logs/$name-${spec#"$name"}-$key-$(date -u +%Y%m%dT%H%M%SZ).log"
+    log_file=${log_file//==/}
+    # In a subshell: the compiler settings stay out of the caller's environment.
+    (
+        prepare_mmcv_compile_env "$scratch/bin" "$flavour" "$cuda" "$cxx20"
+        log "compiling $spec for $key with MAX_JOBS=$MAX_JOBS (30-50 minutes on 2 cores for CPU ops; CUDA ops take"
+        log "  longer); full log: $log_file"
+        start=$(date +%s)
+        # --no-build-isolation: the build must see the installed torch (in isolation the ops are silently left
+        # out). --no-cache-dir / --no-binary: pip's wheel cache does not know which torch a wheel was built against.
+        "$vpy" -m pip wheel -v --no-build-isolation --no-deps --no-cache-dir --no-binary "$name" -w "$scratch/wheels" \
+            "$spec" > "$log_file" 2>&1 &
+        pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+            sleep 30
+            kill -0 "$pid" 2>/dev/null || break
+            elapsed=$(( $(date +%s) - start ))
+            # pip -v indents the build output; ninja's status is "[finished/total] command".
+            step=$(grep -oE '^ *\[[0-9]+/[0-9]+\]' "$log_file" | tail -n 1 | tr -d ' []' || true)
+            log "compiling $name: ${step:+step $step, }$((elapsed / 60))m$((elapsed % 60))s elapsed"
+        done
+        status=0; wait "$pid" || status=$?
+        if [ "$status" != 0 ]; then
+            log "$name compile FAILED (exit $status) after $(( ($(date +%s) - start) / 60 )) min. Last compiler error:"
+            errors=$(grep -nE 'error:|#error|FAILED:|fatal' "$log_file" | tail -n 8 || true)
+            printf '%s\n' "${errors:-$(tail -n 20 "$log_file")}" >&2
+            rm -rf "$scratch"
+            die "full log: $log_file"
+        fi
+        log "$name compiled in $(( ($(date +%s) - start) / 60 )) min ($log_file)"
+    )
+    mv "$scratch"/wheels/*.whl "$dest/"
+    rm -rf "$scratch"
 }
