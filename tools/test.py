@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: bbox/segm mAP (mmdet), mIoU (mmseg) or top-1 (mmpretrain), as the config's metric says.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--compile] [--cfg-options ...]
-                         [--launcher pytorch]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--compile [BACKEND]]
+                         [--cfg-options ...] [--launcher pytorch]
 """
 import argparse
 import os.path as osp
@@ -10,7 +10,6 @@ from mmengine.config import Config
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
 from mmdualvit.engine.launch import add_common_args, build_runner, distributed_session, load_config
-from mmdualvit.models.utils import compile_backbone
 
 
 def parse_args():
@@ -20,8 +19,6 @@ def parse_args():
     parser.add_argument('--work-dir', help='where the evaluation log and metrics go (default: work_dirs/<config '
                         'name>/test, never the training\'s work dir itself)')
     parser.add_argument('--show-dir', help='save pictures of the predictions into this directory')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the backbone (the first iterations are slow while it compiles)')
     add_common_args(parser)
     return parser.parse_args()
 
@@ -47,10 +44,7 @@ def main():
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
     with distributed_session(cfg):
-        runner = build_runner(cfg)
-        if args.compile:
-            compile_backbone(runner.model)
-        runner.test()
+        build_runner(cfg, args.compile).test()
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """Train a detector, segmentor or classifier from an mmdualvit (or any OpenMMLab) config.
 
-    python tools/train.py configs/maskrcnn_dualvit_s_coco.py [--work-dir DIR] [--resume [CKPT]] [--amp] [--compile]
-                          [--overwrite-work-dir] [--cfg-options key=value ...] [--launcher pytorch]
+    python tools/train.py configs/maskrcnn_dualvit_s_coco.py [--work-dir DIR] [--resume [CKPT]] [--amp]
+                          [--overwrite-work-dir] [--compile [BACKEND]] [--cfg-options key=value ...]
+                          [--launcher pytorch]
 
 The config's ``default_scope`` (mmdet, mmseg or mmpretrain) decides which library's components are used.
 """
@@ -11,7 +12,6 @@ import argparse
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
 from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, distributed_session,
                                      enable_amp, load_config)
-from mmdualvit.models.utils import compile_backbone
 
 
 def parse_args():
@@ -25,8 +25,6 @@ def parse_args():
                              'this run overwrite them (same as --cfg-options overwrite_work_dir=True)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on GPU, bfloat16 on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the actual total batch size')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the backbone (the first iterations are slow while it compiles)')
     add_common_args(parser)
     return parser.parse_args()
 
@@ -48,10 +46,7 @@ def main():
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     with distributed_session(cfg):
-        runner = build_runner(cfg)
-        if args.compile:
-            compile_backbone(runner.model)
-        runner.train()
+        build_runner(cfg, args.compile).train()
 
 
 if __name__ == '__main__':

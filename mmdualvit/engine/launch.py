@@ -3,7 +3,7 @@ import argparse
 import os
 import os.path as osp
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -68,8 +68,8 @@ def adapt_amp_to_cpu(cfg: Config) -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Flags both tools take: --trust-checkpoint, --allow-partial-load, --skip-weight-check, --cfg-options,
-    --launcher, --local-rank."""
+    """Flags both tools take: --trust-checkpoint, --allow-partial-load, --skip-weight-check, --compile,
+    --cfg-options, --launcher, --local-rank."""
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle checkpoints fully (weights_only=False), for this run only: only for files you '
                              'trust (same as --cfg-options trust_checkpoint=True)')
@@ -79,6 +79,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--skip-weight-check', action='store_true',
                         help='load weights even if they hold NaN/Inf or are not floating point; '
                              'same as --cfg-options check_weights=False')
+    parser.add_argument('--compile', nargs='?', const='inductor', metavar='BACKEND',
+                        help='torch.compile the backbone (with BACKEND, default inductor); the first iterations, and '
+                             'the first at each new input size, are slow while it compiles')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -103,12 +106,17 @@ def load_config(args: argparse.Namespace, subdir: str = '') -> Config:
     return cfg
 
 
-def build_runner(cfg: Config):
+def build_runner(cfg: Config, compile_backend: Optional[str] = None):
     """The config's ``runner_type`` if it names one, else :class:`mmdualvit.engine.StrictRunner` (strict, safe
-    checkpoint loading and a ``--resume`` that never discards trained checkpoints)."""
+    checkpoint loading and a ``--resume`` that never discards trained checkpoints). With ``compile_backend`` the
+    model's backbone is ``torch.compile``'d by that backend (:func:`mmdualvit.models.utils.compile_backbone`)."""
     from mmengine.registry import RUNNERS
 
+    from ..models.utils import compile_backbone
     from .runner import StrictRunner
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return StrictRunner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else StrictRunner.from_cfg(cfg)
+    if compile_backend:
+        backbone = compile_backbone(runner.model, backend=compile_backend)
+        runner.logger.info(f'torch.compile: the {type(backbone).__name__} backbone runs compiled (backend '
+                           f'{compile_backend}); it compiles on its first call')
+    return runner
