@@ -16,8 +16,9 @@ $(STAMP): $(REQS)
 	VENV=$(VENV) bash tools/install/setup_env.sh
 	touch $(STAMP)
 
+# --durations: the log names the slowest tests, to keep the suite inside CI's time.
 test: $(STAMP)
-	$(VPY) -m pytest tests
+	$(VPY) -m pytest tests --durations=25
 
 demo: $(STAMP)
 	$(VPY) tools/demo.py

@@ -3,7 +3,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -14,7 +13,7 @@ from safetensors.torch import save_file
 
 from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_pretrained, read_checkpoint
 from mmdualvit.models import DualViT, Sequencer2D
-from tests.utils import make_state_dict, official_dualvit_file
+from tests.utils import make_state_dict, official_dualvit_file, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / 'tests' / 'data'
@@ -135,9 +134,8 @@ def test_load_log_is_one_line(tmp_path, dualvit_s_sd):
     torch.save(dualvit_s_sd, tmp_path / 'dualvit_s.pth')
     code = ('from mmdualvit.models import DualViT; from mmdualvit.checkpoint import load_pretrained; '
             f'load_pretrained(DualViT(arch="s"), {str(tmp_path / "dualvit_s.pth")!r})')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    proc = run_tool([sys.executable, '-c', code], tmp_path, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert proc.returncode == 0 and len(lines) == 1, lines
     assert lines[0].endswith(
         f'Loaded 540 tensors into DualViT from {tmp_path / "dualvit_s.pth"}: all backbone weights found. '
@@ -265,9 +263,7 @@ def test_converter_cli(tmp_path, tool, name, fmt):
     else:
         src = official_dualvit_file(src, {'state_dict': sd, 'args': argparse.Namespace(a=1), 'epoch': 309})
     dst = tmp_path / 'out' / f'{name}.pth'
-    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / tool), str(src), str(dst)],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS='ignore'))
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tool([sys.executable, REPO / 'tools' / 'model_converters' / tool, src, dst], tmp_path)
     converted = torch.load(dst, map_location='cpu', weights_only=True)
     assert sorted(converted) == sorted(sd)
     assert all(torch.equal(converted[k], sd[k]) for k in sd)
@@ -277,8 +273,7 @@ def test_converter_cli(tmp_path, tool, name, fmt):
     assert f'kept {len(sd)} tensors' in proc.stdout
     # converting the converted file changes nothing
     again = tmp_path / 'again.pth'
-    subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / tool), str(dst), str(again)],
-                   check=True, capture_output=True)
+    run_tool([sys.executable, REPO / 'tools' / 'model_converters' / tool, dst, again], tmp_path)
     assert torch.load(again, weights_only=True).keys() == converted.keys()
 
 

@@ -7,13 +7,13 @@ import os.path as osp
 import re
 import signal
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tests.toy_runner import build_runner, start_paused_writer
+from tests.utils import run_tool
 
 from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.fileio import TMP_SUFFIX, remove_stale_temporaries
@@ -230,12 +230,6 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     assert torch.load(work / 'iter_6.pth', weights_only=True)['meta']['iter'] == 6
 
 
-def _run(args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope='module')
 def crafted(tmp_path_factory):
     from tests.crafted_checkpoints import write_void_dtype_with_object_field
@@ -255,8 +249,8 @@ def test_crafted_file_crashes_a_loader_that_allows_numpy_dtypes(crafted, tmp_pat
             '*[type(np.dtype(c)) for c in np.typecodes["All"] if c not in "OMm"]])\n'
             f'checkpoint = torch.load({str(crafted)!r}, weights_only=safe)\n'
             'del checkpoint\n')
-    rc, out = _run([sys.executable, '-c', code], cwd=tmp_path)
-    assert rc < 0, f'expected a crash, got rc {rc}: {out[-2000:]}'
+    proc = run_tool([sys.executable, '-c', code], tmp_path, timeout=300, check=False)
+    assert proc.returncode < 0, f'expected a crash, got rc {proc.returncode}: {proc.stdout[-2000:]}'
 
 
 @pytest.mark.slow
@@ -283,7 +277,8 @@ def test_crafted_file_is_refused_by_every_loading_path(crafted, tmp_path, entry)
         'resume': [sys.executable, str(REPO / 'tools/train.py'), str(toy), '--work-dir', str(tmp_path / 'w'),
                    '--resume', str(crafted), '--cfg-options', *fast],
     }[entry]
-    rc, out = _run(args, cwd=tmp_path)
+    proc = run_tool(args, tmp_path, timeout=300, check=False)
+    rc, out = proc.returncode, proc.stdout
     assert rc > 0, f'rc {rc} (a negative rc is a crash by signal): {out[-3000:]}'
     assert 'numpy' in out and re.search(r'weights_only|safe', out, re.IGNORECASE), out[-3000:]
     assert not (tmp_path / 'out.pth').exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
+from tests.utils import run_tool
 
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import _HOST_TAG, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError, remove_stale_temporaries
@@ -438,14 +439,10 @@ def test_a_scheduled_learning_rate_is_compared_by_its_base_value(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- through the tools
-def run_tool(args, cwd, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
-    try:
-        proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f'{args[0]} did not finish within {timeout} s')
-    return proc.returncode, proc.stdout + proc.stderr
+def train_tool(args, cwd, timeout=600):
+    """``tools/train.py ARGS`` in ``cwd``: its exit status and output."""
+    proc = run_tool([sys.executable, REPO / 'tools' / 'train.py', *args], cwd, timeout=timeout, check=False)
+    return proc.returncode, proc.stdout
 
 
 @pytest.fixture(scope='module')
@@ -458,17 +455,17 @@ def toy_root(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_tool_refuses_a_used_work_dir_and_stops_a_diverging_run(toy_root):
-    train = [REPO / 'tools' / 'train.py', TOY_DET, '--work-dir', 'work']
-    rc, out = run_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
+    train = [TOY_DET, '--work-dir', 'work']
+    rc, out = train_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
     assert rc == 0, out[-3000:]
     first = (toy_root / 'work' / 'iter_2.pth').read_bytes()
 
-    rc, out = run_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
+    rc, out = train_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
     assert rc == 1 and f'WorkDirError: {toy_root}/work already holds checkpoints (iter_2.pth)' in out, out[-3000:]
     assert '--overwrite-work-dir' in out and (toy_root / 'work' / 'iter_2.pth').read_bytes() == first
 
     # Allowed to overwrite, with a learning rate that makes it diverge: it stops, and iter_2.pth stays finite.
-    rc, out = run_tool([*train, '--overwrite-work-dir', '--cfg-options', 'train_cfg.max_iters=4',
+    rc, out = train_tool([*train, '--overwrite-work-dir', '--cfg-options', 'train_cfg.max_iters=4',
                         'optim_wrapper.optimizer.lr=1e30', *FAST], toy_root)
     assert rc == 1 and 'FloatingPointError: ' in out, out[-3000:]
     assert checkpoints(toy_root / 'work') == {'iter_2.pth': 2}
@@ -484,7 +481,7 @@ def test_train_tool_names_the_annotation_file_when_no_box_is_valid(toy_root, tmp
     for ann in coco['annotations']:
         ann['bbox'][2] = 0  # zero width
     ann_file.write_text(json.dumps(coco))
-    rc, out = run_tool([REPO / 'tools' / 'train.py', TOY_DET, '--work-dir', 'work', '--cfg-options',
+    rc, out = train_tool([TOY_DET, '--work-dir', 'work', '--cfg-options',
                         'train_cfg.max_iters=2', *FAST], tmp_path, timeout=300)
     assert rc == 1, out[-3000:]
     assert "ValueError: annotation file 'data/toy_coco/annotations/instances_train.json': no annotation to train on" \

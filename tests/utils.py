@@ -148,13 +148,18 @@ def run_tool(args, cwd, *, env=None, timeout=900, check=True):
     would, with this checkout first on PYTHONPATH and Python's warnings off; ``env`` adds variables.
 
     Returns the ``subprocess.CompletedProcess``, stdout and stderr together in ``.stdout``. With ``check`` (the
-    default) a non-zero exit status fails the test, showing the output's end."""
+    default) a non-zero exit status fails the test, showing the output's end; running past ``timeout`` seconds fails
+    it in any case."""
     import os
     import subprocess
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
-    proc = subprocess.run([str(arg) for arg in args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=pythonpath, **(env or {})))
+    try:
+        proc = subprocess.run([str(arg) for arg in args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout,
+                              env=dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=pythonpath, **(env or {})))
+    except subprocess.TimeoutExpired:
+        import pytest
+        pytest.fail(f'{args[1] if len(args) > 1 else args[0]} did not finish within {timeout} s')
     if check:
         assert proc.returncode == 0, f'exit status {proc.returncode}: {args}\n{proc.stdout[-4000:]}'
     return proc
