@@ -215,11 +215,19 @@ def test_benchmark_compiled_rows(tmp_path):
     assert f'| {TOY_DET} (compiled) | ' in log and '| forward of GEMM peak |' in log and 'GEMM peak float32' in log
     _assert_roofline(result, batch=1)
 
+    # --phases infer: the forward only, and the table has no forward+backward columns
+    log = run_tool([*tool[:-2], '--phases', 'infer', TOY_DET, '--cfg-options', 'model.backbone.arch.depths=[1,1,1,1]',
+                    '--out', tmp_path / 'infer'], cwd=tmp_path).stdout
+    row, = json.loads((tmp_path / 'infer' / 'benchmark.json').read_text())['rows']
+    assert row['infer_s'] > 0 and row['infer_peak_frac'] > 0 and not [key for key in row if key.startswith('train')]
+    assert '| forward (s) |' in log and 'forward+backward' not in log
+
 
 def test_benchmark_tool_whole_models_and_backbones(tmp_path):
     """tools/analysis/benchmark.py on tiny inputs, one timed run each: whole models (ours, a package config, a
     segmentor as the baseline), then backbones (a row with its own option, --cfg-options for every row)."""
-    tool = [sys.executable, REPO / 'tools/analysis/benchmark.py', '--runs', '1', '--shape', '64', '96']
+    tool = [sys.executable, REPO / 'tools/analysis/benchmark.py', '--runs', '1', '--shape', '64', '96',
+            '--peak-size', '256']
     r50, seg = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', REPO / 'configs/toy/upernet_dualvit_toy.py'
     log = run_tool([*tool, TOY_DET, r50, seg, '--batch', '2', '--baseline', '2', '--out', tmp_path / 'model'],
                    cwd=tmp_path).stdout

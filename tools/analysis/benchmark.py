@@ -30,6 +30,7 @@ the machine's practical GEMM peak in GMAC/s. Every row then gives its achieved G
 median time; a training step counted as 3x the forward MACs: forward, and backward to inputs and to weights) and
 that as a fraction of the peak of the dtype it runs in.
 With ``--compile`` every row is measured twice, eager and with its backbone compiled (the warm-up run compiles).
+``--phases infer`` skips the timed training steps (for whole models most of a row's time).
 """
 import argparse
 import csv
@@ -58,6 +59,7 @@ class Settings:
     amp: bool = False
     backbone_only: bool = False
     compile: str = ''  # a torch.compile backend: measure every row also with its backbone compiled by it
+    phases: List[str] = dataclasses.field(default_factory=lambda: ['infer', 'train'])  # what to time
     threads: Optional[int] = None
     cfg_options: dict = dataclasses.field(default_factory=dict)  # of every config row, before the row's own
 
@@ -232,6 +234,8 @@ def measure(row: Row, settings: Settings) -> dict:
                   params_m=target.params / 1e6, gmacs=target.macs / 1e9)
     idle = _rss()
     for phase, step, train in (('infer', target.infer, False), ('train', target.train, True)):
+        if phase not in settings.phases:
+            continue
         target.module.train(train)
         median, low, high, peak = timed(step, settings, idle)
         result.update({f'{phase}_s': median, f'{phase}_min_s': low, f'{phase}_max_s': high,
@@ -274,15 +278,19 @@ def add_roofline(row: dict, settings: Settings, peak_gmac_s: dict) -> None:
         return
     dtype = 'float32' if not settings.amp else 'float16' if settings.device == 'cuda' else 'bfloat16'
     for phase, factor in (('infer', 1), ('train', TRAIN_MACS_PER_FORWARD)):
+        if phase not in settings.phases:
+            continue
         row[f'{phase}_gmac_s'] = factor * row['gmacs'] * settings.batch / row[f'{phase}_s']
         row[f'{phase}_peak_frac'] = row[f'{phase}_gmac_s'] / peak_gmac_s[dtype]
 
 
-def table(rows: List[dict], baseline: int, backbone_only: bool) -> str:
-    """Markdown table: each figure with its ratio to the baseline row."""
+def table(rows: List[dict], baseline: int, settings: Settings) -> str:
+    """Markdown table: each figure with its ratio to the baseline row (the columns of the phases measured)."""
     base = rows[baseline]
-    titles = [title.format(**PHASES[backbone_only]) for _, title in COLUMNS]
-    lines = ['| config | ' + ' | '.join(titles) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
+    columns = [(key, title) for key, title in COLUMNS if key.split('_')[0] not in PHASES[False] or
+               key.split('_')[0] in settings.phases]
+    titles = [title.format(**PHASES[settings.backbone_only]) for _, title in columns]
+    lines = ['| config | ' + ' | '.join(titles) + ' |', '|---' * (len(columns) + 1) + '|']
     for row in rows:
         label = Row(row['config'], row.get('cfg_options', {}), row.get('compiled', False)).label
         if 'error' in row:
@@ -290,7 +298,7 @@ def table(rows: List[dict], baseline: int, backbone_only: bool) -> str:
             continue
         # no ratio to a baseline that failed or measured 0 (e.g. no memory above idle on a tiny input)
         cells = [f'{row[key]:.2f}' + (f' ({row[key] / base[key]:.2f}x)' if base.get(key) else '')
-                 for key, _ in COLUMNS]
+                 for key, _ in columns]
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -355,6 +363,8 @@ def main():
     parser.add_argument('--compile', nargs='?', const='inductor', default='', metavar='BACKEND',
                         help='measure every row twice: eager, and with its backbone torch.compile\'d (by BACKEND, '
                              'default inductor)')
+    parser.add_argument('--phases', nargs='+', choices=['infer', 'train'], default=['infer', 'train'],
+                        help='what to time: inference (forward) and/or a training step (forward+backward)')
     parser.add_argument('--peak-size', type=int, default=4096, help='side of the matmul that measures the GEMM peak')
     parser.add_argument('--threads', type=int, help="torch's intra-op threads (default: torch's own choice)")
     parser.add_argument('--baseline', type=int, default=0,
@@ -375,8 +385,8 @@ def main():
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     settings = Settings(shape=args.shape, batch=args.batch, runs=args.runs, device=args.device, amp=args.amp,
-                        backbone_only=args.backbone_only, compile=args.compile, threads=args.threads,
-                        cfg_options=args.cfg_options or {})
+                        backbone_only=args.backbone_only, compile=args.compile, phases=args.phases,
+                        threads=args.threads, cfg_options=args.cfg_options or {})
     if settings.compile:  # each row eager, then compiled (the baseline index counts the eager rows)
         rows = [dataclasses.replace(row, compiled=compiled) for row in rows for compiled in (False, True)]
         args.baseline *= 2
@@ -394,7 +404,7 @@ def main():
               f'ratios vs {rows[args.baseline].label}; GEMM peak '
               + ', '.join(f'{name} {value:.1f} GMAC/s' for name, value in peak_gmac_s.items()))
     print(header)
-    print(table(results, args.baseline, settings.backbone_only))
+    print(table(results, args.baseline, settings))
     if args.out:
         write(args.out, header, settings, peak_gmac_s, results)
 
