@@ -216,7 +216,7 @@ def test_benchmark_compiled_rows(tmp_path):
     _assert_roofline(result, batch=1)
 
     # --phases infer: the forward only, and the table has no forward+backward columns
-    log = run_tool([*tool[:-2], '--phases', 'infer', TOY_DET, '--cfg-options', 'model.backbone.arch.depths=[1,1,1,1]',
+    log = run_tool([*tool[:-2], TOY_DET, '--phases', 'infer', '--cfg-options', 'model.backbone.arch.depths=[1,1,1,1]',
                     '--out', tmp_path / 'infer'], cwd=tmp_path).stdout
     row, = json.loads((tmp_path / 'infer' / 'benchmark.json').read_text())['rows']
     assert row['infer_s'] > 0 and row['infer_peak_frac'] > 0 and not [key for key in row if key.startswith('train')]
