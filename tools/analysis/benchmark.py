@@ -25,10 +25,10 @@ RSS once model and input exist. ``--cfg-options`` apply to every config row, bef
 row's own options. The table gives each figure with its ratio to the ``--baseline`` row; ``--out`` also writes every
 figure as JSON and CSV.
 
-Roofline: the same run first times a large matmul (``--peak-size``, fp32, and the autocast dtype with ``--amp``):
-the machine's practical GEMM peak in GMAC/s. Every row then gives its achieved GMAC/s (MACs of its batch over the
-median time; a training step counted as 3x the forward MACs: forward, and backward to inputs and to weights) and
-that as a fraction of the peak of the dtype it runs in.
+Roofline: the same run first times a large matmul (``--peak-size``; fp32, on GPU also fp16 and bf16, on CPU with
+``--amp`` bf16), the machine's practical GEMM peak in GMAC/s. Every row then gives its achieved GMAC/s (MACs of its
+batch over the median time; a training step counted as 3x the forward MACs: forward, and backward to inputs and to
+weights) and that as a fraction of the peak of the dtype it runs in.
 With ``--compile`` every row is measured twice, eager and with its backbone compiled (the warm-up run compiles).
 ``--phases infer`` skips the timed training steps (for whole models most of a row's time).
 """
