@@ -1,0 +1,284 @@
+"""ONNX export of backbones, detectors, segmentors and classifiers, verified with onnxruntime before it is kept.
+
+What is exported (the graph's input is the preprocessed, padded NCHW float tensor the data preprocessor makes):
+
+- ``backbone_only=True``, or a model that is a backbone: the backbone's feature maps (``feats.0``, ``feats.1`` ...).
+- an mmdet single-stage detector (RetinaNet, ATSS, GFL, FCOS ...): backbone, neck and dense head up to the head
+  outputs, named after the head's ``predict_by_feat`` arguments (``cls_scores.0`` ... ``bbox_preds.4``,
+  ``score_factors.0`` ...), so :func:`group_outputs` gives them back in the order ``predict_by_feat`` takes them.
+- an mmdet detector with a RoI stage (Mask R-CNN, Cascade, Sparse R-CNN): backbone and neck (``feats.*``). Their RPN
+  and RoI steps choose a data-dependent number of boxes in Python (top-k per level, NMS, per-image loops, mask
+  pasting in chunks), which a traced graph freezes at the traced counts.
+- an mmseg encoder-decoder: the decode head's logits at its own stride (``seg_logits``).
+- an mmpretrain classifier: the head's logits (``logits``).
+
+The TorchScript exporter (``dynamo=False``) is used at opset 18: the dynamo exporter fails on Dual-ViT and needs
+``onnxscript``. The exported file is run with onnxruntime on the export input and compared with PyTorch; a file
+whose outputs differ by more than :data:`TOLERANCE` is deleted and :class:`ExportError` raised.
+"""
+import contextlib
+import inspect
+import math
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+OPSET = 18
+# Largest measured |onnxruntime - PyTorch| / std(PyTorch output), over every output of every model and shape the
+# export tests cover, was 3.1e-6 (see docs: 'ONNX export'); the check allows 10x that, which still fails any
+# structural error (a wrong resampling, a dropped branch) by orders of magnitude.
+TOLERANCE = 3e-5
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked, or the exported file does not compute what PyTorch computes."""
+
+
+# ----------------------------------------------------------------------------------------------- what to export
+class ExportWrapper(nn.Module):
+    """The exported computation of ``model`` as a module returning a flat tuple of tensors.
+
+    Args:
+        model: A backbone, or an mmdet / mmseg / mmpretrain model (built from a config).
+        backbone_only: Export only ``model.backbone``.
+
+    Attributes:
+        kind (str): ``'backbone'``, ``'dense_detector'``, ``'two_stage_features'``, ``'segmentor'`` or
+            ``'classifier'``.
+        output_names (list[str]): Names of the flat outputs, ``group.index`` for lists (see :func:`group_outputs`).
+    """
+
+    def __init__(self, model: nn.Module, backbone_only: bool = False):
+        super().__init__()
+        self.model = model
+        has_backbone = isinstance(getattr(model, 'backbone', None), nn.Module)
+        if backbone_only and not has_backbone:
+            raise ExportError(f'{type(model).__name__} has no `backbone` to export on its own; drop --backbone-only.')
+        if backbone_only or not has_backbone:
+            self.kind = 'backbone'
+        elif hasattr(model, 'roi_head'):
+            self.kind = 'two_stage_features'
+        elif hasattr(model, 'bbox_head'):
+            self.kind = 'dense_detector'
+        elif hasattr(model, 'decode_head'):
+            self.kind = 'segmentor'
+        elif hasattr(model, 'head'):
+            self.kind = 'classifier'
+        else:
+            raise ExportError(f'do not know what to export of a {type(model).__name__}; use --backbone-only.')
+        self.output_names: List[str] = []
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model if not hasattr(self.model, 'backbone') else self.model.backbone
+
+    def _raw(self, x: torch.Tensor):
+        if self.kind == 'backbone':
+            return ('feats', self.backbone(x)),
+        if self.kind == 'two_stage_features':
+            return ('feats', self.model.extract_feat(x)),
+        if self.kind == 'dense_detector':
+            outs = self.model.bbox_head(self.model.extract_feat(x))
+            names = list(inspect.signature(self.model.bbox_head.predict_by_feat).parameters)[:len(outs)]
+            return tuple(zip(names, outs))
+        if self.kind == 'segmentor':
+            return ('seg_logits', self.model.decode_head(self.model.extract_feat(x))),
+        return ('logits', self.model.head(self.model.extract_feat(x))),
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        flat, names = [], []
+        for name, value in self._raw(x):
+            if torch.is_tensor(value):
+                flat.append(value)
+                names.append(name)
+            else:
+                flat.extend(value)
+                names.extend(f'{name}.{i}' for i in range(len(value)))
+        self.output_names = names
+        return tuple(flat)
+
+
+def group_outputs(names: Sequence[str], arrays: Sequence) -> 'OrderedDict[str, object]':
+    """``{'cls_scores': [level0, level1, ...], 'seg_logits': array}`` from flat outputs named ``group.index``."""
+    groups = OrderedDict()
+    for name, array in zip(names, arrays):
+        group, _, index = name.rpartition('.')
+        if group and index.isdigit():
+            groups.setdefault(group, []).append(array)
+        else:
+            groups[name] = array
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------- export
+def adaptive_pool_matrix(size_in, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) float32 weights of adaptive average pooling: row i averages the input cells
+    ``floor(i * size_in / size_out)`` to ``ceil((i + 1) * size_in / size_out) - 1``, as ``nn.AdaptiveAvgPool2d``.
+
+    Written with tensor arithmetic, so that in a traced graph ``size_in`` may be the input's dynamic size.
+    """
+    out = torch.arange(size_out)
+    start = torch.div(out * size_in, size_out, rounding_mode='floor')
+    end = torch.div((out + 1) * size_in + size_out - 1, size_out, rounding_mode='floor')
+    cells = torch.arange(size_in)
+    weights = ((cells[None, :] >= start[:, None]) & (cells[None, :] < end[:, None])).float()
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+class MatMulAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products, which ONNX expresses for every input size (the TorchScript
+    exporter writes adaptive pooling only where the output size divides the input size, and never for dynamic
+    sizes; UperNet's pyramid pooling pools to 1, 2, 3 and 6 cells)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        rows = adaptive_pool_matrix(height, self.output_size[0] or height).to(x)
+        cols = adaptive_pool_matrix(width, self.output_size[1] or width).to(x)
+        return rows @ x @ cols.T
+
+
+@contextlib.contextmanager
+def exportable(model: nn.Module):
+    """Within the block, ``model``'s ``nn.AdaptiveAvgPool2d`` modules are :class:`MatMulAdaptiveAvgPool2d`."""
+    swapped = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.AdaptiveAvgPool2d:
+                swapped.append((parent, name, child))
+                setattr(parent, name, MatMulAdaptiveAvgPool2d(child.output_size))
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+def check_dynamic_support(model: nn.Module) -> None:
+    """Raise :class:`ExportError` if a traced graph of ``model`` would only be valid at the traced input size."""
+    for module in model.modules():
+        if type(module).__name__ == 'Sequencer2D' and module.pyramid != 'native':
+            raise ExportError(
+                f"Sequencer2D(pyramid='{module.pyramid}') cannot be exported with dynamic shapes: its padding, crops "
+                f'and resampling weights follow from the input size in Python, so a traced graph is valid at the '
+                f'export shape only. Export once per input size you will run (--shape H W, without --dynamic), or '
+                f"use pyramid='native'.")
+
+
+def export_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], path: str, dynamic: bool = False,
+                batch_size: int = 1) -> torch.Tensor:
+    """Trace ``wrapper`` on a random ``(batch_size, 3, *shape)`` input and write ``path``; returns that input.
+
+    ``dynamic`` makes height and width dynamic (the batch size stays as exported).
+    """
+    if dynamic:
+        check_dynamic_support(wrapper)
+    wrapper.eval()
+    x = torch.randn(batch_size, 3, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        wrapper(x)  # sets output_names
+        names = list(wrapper.output_names)
+        dynamic_axes = {'input': {2: 'height', 3: 'width'}} if dynamic else None
+        with exportable(wrapper):
+            torch.onnx.export(wrapper, (x, ), path, dynamo=False, opset_version=OPSET, input_names=['input'],
+                              output_names=names, dynamic_axes=dynamic_axes)
+    return x
+
+
+def compare_outputs(reference: Sequence[torch.Tensor], actual: Sequence[np.ndarray],
+                    names: Sequence[str]) -> 'OrderedDict[str, float]':
+    """``{name: max |actual - reference| / max |reference|}`` per output (float rounding grows with the largest
+    magnitude; a spread-based scale would not do for outputs with a large common offset, such as the class
+    scores of a freshly initialised detector head). Shapes must agree."""
+    errors = OrderedDict()
+    for name, ref, out in zip(names, reference, actual):
+        ref = ref.detach().double().numpy()
+        if ref.shape != out.shape:
+            raise ExportError(f'output {name}: onnxruntime gives shape {out.shape}, PyTorch {ref.shape}')
+        scale = float(np.abs(ref).max()) if ref.size else 1.0
+        errors[name] = float(np.abs(out.astype(np.float64) - ref).max(initial=0.0)) / (scale or 1.0)
+    return errors
+
+
+def run_onnx(path: str, x: torch.Tensor, threads: Optional[int] = None) -> List[np.ndarray]:
+    """Run ``path`` with onnxruntime's CPU provider on ``x``."""
+    session = onnx_session(path, threads)
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session of ``path`` (``threads`` intra-op threads, onnxruntime's default if None)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def verify_onnx(wrapper: ExportWrapper, path: str, inputs: Sequence[torch.Tensor],
+                tolerance: float = TOLERANCE) -> List['OrderedDict[str, float]']:
+    """Compare ``path`` run by onnxruntime with ``wrapper`` in PyTorch on each input; returns the errors per input
+    (see :func:`compare_outputs`). On a mismatch the file is deleted and :class:`ExportError` raised."""
+    results = []
+    for x in inputs:
+        with torch.no_grad():
+            reference = wrapper(x)
+        try:
+            errors = compare_outputs(reference, run_onnx(path, x), wrapper.output_names)
+        except Exception as err:
+            _remove(path)
+            raise ExportError(f'{path} failed its onnxruntime check at input {tuple(x.shape)} and was deleted: '
+                              f'{err}') from err
+        worst = max(errors, key=errors.get)
+        if not errors[worst] <= tolerance:  # NaN fails too
+            _remove(path)
+            raise ExportError(
+                f'{path} does not match PyTorch at input {tuple(x.shape)} and was deleted: output {worst} differs by '
+                f'{errors[worst]:.2e} x its largest magnitude (tolerance {tolerance:.0e}).')
+        results.append(errors)
+    return results
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def second_shape(shape: Tuple[int, int], multiple: int = 32) -> Tuple[int, int]:
+    """Another input size for checking a dynamic export: each side about 1.25 x, a multiple of ``multiple``."""
+    return tuple(int(multiple * math.ceil(1.25 * side / multiple)) for side in shape)
+
+
+# ----------------------------------------------------------------------------------------------- models
+def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = False,
+                cfg_options: Optional[dict] = None) -> Tuple[nn.Module, object]:
+    """The config's model in eval mode on CPU with ``checkpoint`` loaded strictly (random init without one).
+
+    A whole-model checkpoint (what tools/train.py writes) is loaded into the whole model. With ``backbone_only``,
+    ImageNet checkpoints (official, timm or converted) are accepted too and loaded into the backbone.
+    """
+    from .analysis import build_from_config
+    model, cfg = build_from_config(config, cfg_options)
+    if not checkpoint:
+        model.init_weights()
+    else:
+        if backbone_only:
+            from .checkpoint import load_pretrained
+            load_pretrained(model.backbone, checkpoint)
+        else:
+            from .engine.runner import load_model_weights, read_checkpoint
+            load_model_weights(model, read_checkpoint(checkpoint), checkpoint, strict=True)
+    return model.eval(), cfg
+
+
+def describe(errors: Dict[str, float]) -> str:
+    """'largest error 1.2e-06 (cls_scores.3)'."""
+    worst = max(errors, key=errors.get)
+    return f'largest error {errors[worst]:.1e} ({worst})'
