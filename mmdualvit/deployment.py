@@ -18,6 +18,7 @@ whose outputs differ by more than :data:`TOLERANCE` is deleted and :class:`Expor
 """
 import contextlib
 import inspect
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from mmengine.logging import MMLogger
 
 OPSET = 18
 # Largest measured |onnxruntime - PyTorch| / std(PyTorch output), over every output of every model and shape the
@@ -256,6 +258,40 @@ def second_shape(shape: Tuple[int, int], multiple: int = 32) -> Tuple[int, int]:
     return tuple(int(multiple * math.ceil(1.25 * side / multiple)) for side in shape)
 
 
+# ----------------------------------------------------------------------------------------------- inference
+def predict_with_onnx(model: nn.Module, onnx_file, data: dict) -> list:
+    """What ``model.test_step(data)`` returns, with the network run by onnxruntime from ``onnx_file``.
+
+    ``data`` is a batch as the config's test pipeline and ``pseudo_collate`` make it; ``model`` (PyTorch, for its
+    data preprocessor and post-processing only) is an mmdet single-stage detector, whose head's
+    ``predict_by_feat`` turns the raw outputs into boxes, or an mmseg encoder-decoder with whole-image inference,
+    whose decode head's ``predict_by_feat`` and ``postprocess_result`` resize the logits and take the argmax.
+    ``onnx_file`` is a path or an onnxruntime session.
+    """
+    kind = ExportWrapper(model).kind
+    if kind not in ('dense_detector', 'segmentor'):
+        raise ExportError(f'predict_with_onnx supports single-stage detectors and segmentors, not a '
+                          f'{type(model).__name__} ({kind}).')
+    if kind == 'segmentor' and model.test_cfg.get('mode', 'whole') != 'whole':
+        raise ExportError("predict_with_onnx follows whole-image inference; set the model's test_cfg.mode='whole'.")
+    session = onnx_session(onnx_file) if isinstance(onnx_file, (str, os.PathLike)) else onnx_file
+    with torch.no_grad():
+        batch = model.data_preprocessor(data, False)
+        inputs, samples = batch['inputs'], batch['data_samples']
+        exported = session.get_inputs()[0].shape  # ints, or names for dynamic axes
+        if any(isinstance(e, int) and e != a for e, a in zip(exported, inputs.shape)):
+            raise ExportError(f'the ONNX file was exported for inputs of shape {exported}, but this batch is '
+                              f'{tuple(inputs.shape)} after preprocessing: export it with --shape '
+                              f'{inputs.shape[2]} {inputs.shape[3]} (or --dynamic where the model allows it).')
+        outputs = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+        groups = group_outputs([o.name for o in session.get_outputs()], [torch.from_numpy(o) for o in outputs])
+        metas = [sample.metainfo for sample in samples]
+        if kind == 'segmentor':
+            return model.postprocess_result(model.decode_head.predict_by_feat(groups['seg_logits'], metas), samples)
+        results = model.bbox_head.predict_by_feat(*groups.values(), batch_img_metas=metas, rescale=True)
+        return model.add_pred_to_datasample(samples, results)
+
+
 # ----------------------------------------------------------------------------------------------- models
 def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = False,
                 cfg_options: Optional[dict] = None) -> Tuple[nn.Module, object]:
@@ -267,7 +303,13 @@ def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = 
     from .analysis import build_from_config
     model, cfg = build_from_config(config, cfg_options)
     if not checkpoint:
-        model.init_weights()
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # not one line per initialised parameter
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
     else:
         if backbone_only:
             from .checkpoint import load_pretrained

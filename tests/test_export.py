@@ -1,0 +1,311 @@
+"""ONNX export (mmdualvit.deployment, tools/deployment/export_onnx.py): onnxruntime reproduces PyTorch.
+
+Backbones are checked at their full variant structure with reduced depths (each variant's widths, heads and stage
+layout, fewer blocks), Dual-ViT-S and Sequencer2D-S once at full depth with the reference weights (slow), and whole
+systems with reduced-depth backbones. Shapes are small; a file that does not match is deleted.
+"""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mmdualvit  # noqa: F401  (registers the models)
+from mmdualvit.deployment import (TOLERANCE, ExportError, ExportWrapper, MatMulAdaptiveAvgPool2d, build_model,
+                                  export_onnx, group_outputs, predict_with_onnx, run_onnx, verify_onnx)
+from mmdualvit.models import DualViT, Sequencer2D
+from mmdualvit.models.backbones.resample import antialias_matrix, resample_bilinear
+from tests.utils import load_reference_weights
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / 'configs'
+
+
+def _reduced(cls, arch, depth_key, depths):
+    """``arch``'s settings (widths, heads, strides) with fewer blocks per stage."""
+    return dict(cls.arch_settings[arch], **{depth_key: depths})
+
+
+def dualvit_arch(arch='s', depths=(1, 1, 1, 1)):
+    return _reduced(DualViT, arch, 'depths', list(depths))
+
+
+def sequencer_arch(arch='s', layers=(1, 1, 1, 1)):
+    return _reduced(Sequencer2D, arch, 'layers', list(layers))
+
+
+def _export_and_verify(wrapper, shape, path, dynamic=False, more_shapes=()):
+    x = export_onnx(wrapper, shape, str(path), dynamic=dynamic)
+    inputs = [x] + [torch.randn(1, 3, *s, generator=torch.Generator().manual_seed(1)) for s in more_shapes]
+    errors = verify_onnx(wrapper, str(path), inputs)
+    assert path.exists()
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------- resampling
+@pytest.mark.parametrize('scale', [14 / 16, 14 / 32, 0.5, 0.3])
+@pytest.mark.parametrize('size_in', [1, 7, 16, 58, 97])
+def test_antialias_matrix_is_torchs_kernel(scale, size_in):
+    """In float64 (no rounding to speak of) F.interpolate(antialias=True) is our matrix, row for row."""
+    size_out = math.floor(size_in * scale)
+    if size_out < 1:
+        pytest.skip('no output cell')
+    eye = torch.eye(size_in, dtype=torch.float64)[None, None]
+    torch_weights = F.interpolate(eye, scale_factor=(1.0, scale), mode='bilinear', align_corners=False,
+                                  recompute_scale_factor=False, antialias=True)[0, 0].T
+    torch.testing.assert_close(antialias_matrix(size_in, size_out, scale), torch_weights, rtol=0, atol=1e-13)
+
+
+def test_resample_bilinear_float32():
+    """Shrinking: within 1e-6 of the float64 result (measured worst 4.7e-7 for unit-variance inputs), which
+    F.interpolate's own float32 kernel misses by up to 3e-5 (its float32 weights); enlarging: F.interpolate."""
+    x = torch.randn(2, 8, 58, 97, generator=torch.Generator().manual_seed(0))
+    for scale in (14 / 16, 14 / 32):
+        size = (math.floor(58 * scale), math.floor(97 * scale))
+        exact = antialias_matrix(58, size[0], scale) @ x.double() @ antialias_matrix(97, size[1], scale).T
+        assert (resample_bilinear(x, scale, size).double() - exact).abs().max() < 1e-6
+        interpolated = F.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False,
+                                     recompute_scale_factor=False, antialias=True)
+        torch.testing.assert_close(resample_bilinear(x, scale, size), interpolated, rtol=0, atol=5e-5)
+    enlarged = F.interpolate(x, scale_factor=1.75, mode='bilinear', align_corners=False,
+                             recompute_scale_factor=False)[..., :100, :160]
+    assert torch.equal(resample_bilinear(x, 1.75, (100, 160)), enlarged)
+    assert resample_bilinear(x.bfloat16(), 14 / 32, (25, 42)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('output_size', [1, 2, 3, 6, (4, None)])
+def test_matmul_adaptive_pool_equals_torch(output_size):
+    x = torch.randn(2, 4, 16, 11, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(MatMulAdaptiveAvgPool2d(output_size)(x), nn.AdaptiveAvgPool2d(output_size)(x),
+                               rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- backbones
+def test_sequencer2d_resample_graph_has_no_resize_of_shrunk_levels(tmp_path):
+    """The antialiased shrink (levels 3-4) is MatMul in the graph; only the enlarged levels 1-2 use Resize."""
+    import onnx
+    model = Sequencer2D(arch=sequencer_arch()).eval()
+    export_onnx(ExportWrapper(model), (64, 96), str(tmp_path / 'seq.onnx'))
+    ops = [node.op_type for node in onnx.load(str(tmp_path / 'seq.onnx')).graph.node]
+    assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 8
+
+
+@pytest.mark.parametrize('arch', ['s', 'm', 'l'])
+@pytest.mark.parametrize('pyramid', ['resample', 'learned'])
+def test_sequencer2d_export_structure(arch, pyramid, tmp_path):
+    """Reduced depth, each variant's widths; fixed shapes, so each size is its own export."""
+    model = Sequencer2D(arch=sequencer_arch(arch, (1, 1, 2, 1)), pyramid=pyramid).eval()
+    model.init_weights()
+    if pyramid == 'learned':  # non-zero adapters, so that they count
+        for conv in model.pyramid_adapters:
+            nn.init.normal_(conv.weight, std=0.02)
+    for shape in [(64, 96), (97, 131)]:
+        errors = _export_and_verify(ExportWrapper(model), shape, tmp_path / 'seq.onnx')
+        assert list(errors[0]) == ['feats.0', 'feats.1', 'feats.2', 'feats.3']
+
+
+def test_sequencer2d_native_exports_with_dynamic_shapes(tmp_path):
+    """The LSTMs themselves export exactly at any size: the native pyramid is dynamic."""
+    model = Sequencer2D(arch=sequencer_arch(), pyramid='native').eval()
+    model.init_weights()
+    _export_and_verify(ExportWrapper(model), (70, 98), tmp_path / 'seq.onnx', dynamic=True,
+                       more_shapes=[(112, 84)])
+
+
+@pytest.mark.parametrize('arch', ['s', 'b', 'l'])
+def test_dualvit_export_structure_dynamic(arch, tmp_path):
+    model = DualViT(arch=dualvit_arch(arch, (1, 1, 2, 1))).eval()
+    model.init_weights()
+    _export_and_verify(ExportWrapper(model), (96, 128), tmp_path / 'dv.onnx', dynamic=True,
+                       more_shapes=[(128, 160)])
+
+
+@pytest.mark.slow
+def test_full_depth_s_backbones_with_reference_weights(tmp_path):
+    """Dual-ViT-S (dynamic, two sizes) and Sequencer2D-S (one export per size), the official structure."""
+    dualvit = load_reference_weights(DualViT(arch='s'), 'dualvit_s').eval()
+    _export_and_verify(ExportWrapper(dualvit), (224, 320), tmp_path / 'dv.onnx', dynamic=True,
+                       more_shapes=[(256, 384)])
+    sequencer = load_reference_weights(Sequencer2D(arch='s'), 'sequencer2d_s').eval()
+    for shape in [(224, 320), (256, 384)]:
+        _export_and_verify(ExportWrapper(sequencer), shape, tmp_path / 'seq.onnx')
+
+
+def test_dynamic_export_refused_for_resampled_sequencer2d(tmp_path):
+    path = tmp_path / 'seq.onnx'
+    with pytest.raises(ExportError, match=r"Sequencer2D\(pyramid='resample'\) cannot be exported with dynamic "
+                                          r'shapes.*--shape H W, without --dynamic'):
+        export_onnx(ExportWrapper(Sequencer2D(arch=sequencer_arch())), (64, 96), str(path), dynamic=True)
+    assert not path.exists()
+
+
+def test_mismatching_file_is_deleted(tmp_path):
+    """A graph that no longer computes what the model computes (here: a weight changed after export)."""
+    model = DualViT(arch=dualvit_arch()).eval()
+    wrapper = ExportWrapper(model)
+    path = tmp_path / 'dv.onnx'
+    x = export_onnx(wrapper, (64, 64), str(path))
+    with torch.no_grad():
+        model.norm4.bias.add_(0.01)
+    with pytest.raises(ExportError, match='output feats.3 differs by .* and was deleted'):
+        verify_onnx(wrapper, str(path), [x])
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------------------------------------- whole systems
+def small_backbone(arch: dict) -> dict:
+    """cfg_options replacing the config's backbone arch name by ``arch`` (a fresh dict: merging consumes it)."""
+    return {'model.backbone.arch': dict(arch, _delete_=True)}
+
+
+DUALVIT_SMALL = dualvit_arch()
+SEQUENCER_SMALL = sequencer_arch()
+
+
+@pytest.mark.parametrize('config, arch, shape, dynamic, names', [
+    ('retinanet_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds')),
+    ('atss_dualvit_s_3x_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds', 'score_factors')),
+    ('gfl_dualvit_s_3x_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds')),
+    ('retinanet_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('cls_scores', 'bbox_preds')),
+    ('maskrcnn_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('feats', )),
+    ('maskrcnn_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('feats', )),
+    ('upernet_dualvit_s_ade20k.py', DUALVIT_SMALL, (96, 128), True, ('seg_logits', )),
+    ('upernet_sequencer2d_s_ade20k.py', SEQUENCER_SMALL, (96, 128), False, ('seg_logits', )),
+    pytest.param('imagenet_dualvit_s.py', DUALVIT_SMALL, (96, 128), True, ('logits', ), marks=pytest.mark.slow),
+    pytest.param('imagenet_sequencer2d_s.py', SEQUENCER_SMALL, (96, 128), True, ('logits', ),
+                 marks=pytest.mark.slow),
+])
+def test_system_export(config, arch, shape, dynamic, names, tmp_path):
+    model, _ = build_model(str(CONFIGS / config), cfg_options=small_backbone(arch))
+    wrapper = ExportWrapper(model)
+    more = [(shape[0] + 32, shape[1] + 64)] if dynamic else []
+    errors = _export_and_verify(wrapper, shape, tmp_path / 'model.onnx', dynamic=dynamic, more_shapes=more)
+    groups = group_outputs(wrapper.output_names, wrapper.output_names)
+    assert tuple(groups) == names
+    levels = {'cls_scores': 5, 'feats': 5}
+    for name, count in levels.items():
+        if name in groups:
+            assert len(groups[name]) == count
+
+
+# ---------------------------------------------------------------------------------------------- the tool
+def _tool(*args):
+    return subprocess.run([sys.executable, str(REPO / 'tools' / 'deployment' / 'export_onnx.py'), *map(str, args)],
+                          capture_output=True, text=True, timeout=1200)
+
+
+def _small_config(tmp_path, config, arch):
+    """``config`` with a reduced-depth backbone arch, as a config file of its own."""
+    path = tmp_path / f'small_{config}'
+    path.write_text(f"_base_ = '{CONFIGS / config}'\nmodel = dict(backbone=dict(arch={arch!r}))\n")
+    return path
+
+
+def test_tool_writes_a_verified_file(tmp_path):
+    out = tmp_path / 'dir' / 'retinanet.onnx'
+    proc = _tool(_small_config(tmp_path, 'retinanet_sequencer2d_s_coco.py', sequencer_arch()), '--shape', 64, 96,
+                 '--out', out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'no CHECKPOINT given: exporting randomly initialised weights' in proc.stdout
+    assert 'onnxruntime matches PyTorch at (1, 3, 64, 96): 10 outputs' in proc.stdout
+    assert out.exists()
+    outputs = run_onnx(str(out), torch.zeros(1, 3, 64, 96))
+    assert [o.shape for o in outputs[:5]] == [(1, 9 * 80, math.ceil(64 / s), math.ceil(96 / s))
+                                              for s in (8, 16, 32, 64, 128)]
+
+
+def test_tool_refuses_dynamic_sequencer2d_and_writes_nothing(tmp_path):
+    out = tmp_path / 'seq.onnx'
+    proc = _tool(_small_config(tmp_path, 'upernet_sequencer2d_s_ade20k.py', sequencer_arch()), '--shape', 64, 96,
+                 '--dynamic', '--backbone-only', '--out', out)
+    assert proc.returncode == 1
+    assert "Sequencer2D(pyramid='resample') cannot be exported with dynamic shapes" in proc.stderr
+    assert not out.exists()
+
+
+def test_tool_backbone_only_with_checkpoint(tmp_path):
+    """--backbone-only takes an ImageNet checkpoint (official names) and exports the dynamic Dual-ViT."""
+    arch = dualvit_arch()
+    backbone = DualViT(arch=arch)
+    backbone.init_weights()
+    torch.save({'model': backbone.state_dict()}, tmp_path / 'dualvit.pth')
+    out = tmp_path / 'dv.onnx'
+    proc = _tool(_small_config(tmp_path, 'retinanet_dualvit_s_coco.py', arch), tmp_path / 'dualvit.pth', '--shape',
+                 64, 96, '--dynamic', '--backbone-only', '--out', out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'no CHECKPOINT' not in proc.stdout
+    assert 'onnxruntime matches PyTorch at (1, 3, 64, 96): 4 outputs' in proc.stdout
+    assert 'onnxruntime matches PyTorch at (1, 3, 96, 128): 4 outputs' in proc.stdout
+    with torch.no_grad():
+        expected = backbone.eval()(torch.ones(1, 3, 64, 96))
+    outputs = run_onnx(str(out), torch.ones(1, 3, 64, 96))
+    for out_onnx, out_torch in zip(outputs, expected):
+        np.testing.assert_allclose(out_onnx, out_torch.numpy(), rtol=0, atol=TOLERANCE * out_torch.abs().max())
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def _test_batch(cfg, image, scale):
+    """The config's test pipeline on an in-memory image, resized to fit ``scale`` (W, H), collated."""
+    from mmengine.dataset import Compose, pseudo_collate
+    pipeline = [dict(step) for step in cfg.test_dataloader.dataset.pipeline]
+    pipeline[0] = dict(type='LoadImageFromNDArray')
+    pipeline = [dict(step, scale=scale) if step['type'] == 'Resize' else step for step in pipeline]
+    pipeline = [step for step in pipeline if step['type'] != 'LoadAnnotations']
+    sample = Compose(pipeline)(dict(img=image, img_id=0, img_path=''))
+    return pseudo_collate([sample])
+
+
+def _image(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image[height // 4:height // 2, width // 3:2 * width // 3] = (250, 20, 20)  # a block with structure
+    return image
+
+
+def test_detector_end_to_end(tmp_path):
+    """RetinaNet + Dual-ViT: onnxruntime's head outputs through mmdet's predict_by_feat = PyTorch's predict."""
+    model, cfg = build_model(str(CONFIGS / 'retinanet_dualvit_s_coco.py'), cfg_options=small_backbone(DUALVIT_SMALL))
+    torch.manual_seed(0)
+    # spread the random head's scores so that many boxes pass score_thr and their order is well defined
+    nn.init.normal_(model.bbox_head.retina_cls.weight, std=0.05)
+    nn.init.zeros_(model.bbox_head.retina_cls.bias)
+    path = tmp_path / 'retinanet.onnx'
+    export_onnx(ExportWrapper(model), (96, 128), str(path), dynamic=True)
+    data = _test_batch(cfg, _image(150, 230), (200, 120))  # keep-ratio resize: 120 x 184, padded to 128 x 192
+    with torch.no_grad():
+        expected = model.test_step(data)[0].pred_instances
+    result = predict_with_onnx(model, str(path), _test_batch(cfg, _image(150, 230), (200, 120)))[0]
+    assert result.metainfo['scale_factor'] != (1.0, 1.0) and result.metainfo['batch_input_shape'] == (128, 192)
+    got = result.pred_instances
+    assert len(expected) == len(got) == cfg.model.test_cfg.max_per_img
+    order_e, order_g = expected.scores.argsort(descending=True), got.scores.argsort(descending=True)
+    assert torch.equal(expected.labels[order_e], got.labels[order_g])
+    torch.testing.assert_close(got.scores[order_g], expected.scores[order_e], rtol=0, atol=1e-5)
+    # boxes in original-image pixels (rescaled by 230/184 = 1.25)
+    torch.testing.assert_close(got.bboxes[order_g], expected.bboxes[order_e], rtol=0, atol=1e-3)
+
+
+def test_segmentor_end_to_end(tmp_path):
+    """UperNet + Sequencer2D (fixed shape): onnxruntime's logits through mmseg's resize and argmax = predict."""
+    model, cfg = build_model(str(CONFIGS / 'upernet_sequencer2d_s_ade20k.py'), cfg_options=small_backbone(SEQUENCER_SMALL))
+    path = tmp_path / 'upernet.onnx'
+    export_onnx(ExportWrapper(model), (96, 144), str(path))
+    data = _test_batch(cfg, _image(130, 200), (144, 96))  # keep-ratio resize to 94 x 144, no padding at test
+    with torch.no_grad():
+        batch_shape = model.data_preprocessor(_test_batch(cfg, _image(130, 200), (144, 96)), False)['inputs'].shape
+        assert tuple(batch_shape[2:]) == (94, 144)
+    with pytest.raises(ExportError, match='exported for inputs of shape .* export it with --shape 94 144'):
+        predict_with_onnx(model, str(path), data)
+    export_onnx(ExportWrapper(model), (94, 144), str(path))
+    with torch.no_grad():
+        expected = model.test_step(_test_batch(cfg, _image(130, 200), (144, 96)))[0]
+    got = predict_with_onnx(model, str(path), _test_batch(cfg, _image(130, 200), (144, 96)))[0]
+    assert got.pred_sem_seg.shape == expected.pred_sem_seg.shape == (130, 200)
+    assert torch.equal(got.pred_sem_seg.data, expected.pred_sem_seg.data)
+    torch.testing.assert_close(got.seg_logits.data, expected.seg_logits.data, rtol=0,
+                               atol=TOLERANCE * float(expected.seg_logits.data.abs().max()))
