@@ -6,15 +6,18 @@ What is exported (the graph's input is the preprocessed, padded NCHW float tenso
 - an mmdet single-stage detector (RetinaNet, ATSS, GFL, FCOS ...): backbone, neck and dense head up to the head
   outputs, named after the head's ``predict_by_feat`` arguments (``cls_scores.0`` ... ``bbox_preds.4``,
   ``score_factors.0`` ...), so :func:`group_outputs` gives them back in the order ``predict_by_feat`` takes them.
-- an mmdet detector with a RoI stage (Mask R-CNN, Cascade, Sparse R-CNN): backbone and neck (``feats.*``). Their RPN
-  and RoI steps choose a data-dependent number of boxes in Python (top-k per level, NMS, per-image loops, mask
-  pasting in chunks), which a traced graph freezes at the traced counts.
+- an mmdet detector with a RoI stage (Mask R-CNN, Cascade, Sparse R-CNN): backbone and neck (``feats.*``). Their
+  proposal and RoI steps do not trace into standard ONNX: mmcv 2.1's NMS has no ONNX symbolic, mmdet 3.3's
+  export-time box decoding still imports mmdet 2.x's removed ``mmdet.core.export``, and the number of boxes per
+  step is chosen in Python (top-k per level, NMS, per-image loops), which a trace freezes.
 - an mmseg encoder-decoder: the decode head's logits at its own stride (``seg_logits``).
 - an mmpretrain classifier: the head's logits (``logits``).
 
-The TorchScript exporter (``dynamo=False``) is used at opset 18: the dynamo exporter fails on Dual-ViT and needs
-``onnxscript``. The exported file is run with onnxruntime on the export input and compared with PyTorch; a file
-whose outputs differ by more than :data:`TOLERANCE` is deleted and :class:`ExportError` raised.
+The TorchScript exporter (``dynamo=False``) is used at opset 18. The dynamo exporter needs ``onnxscript``, fails on
+Dual-ViT (issue 23), and its Sequencer2D graph does not run at sizes other than the traced one. Adaptive average
+pooling (UperNet's pyramid pooling) is exported as two matrix products (:class:`MatMulAdaptiveAvgPool2d`). The
+exported file is run with onnxruntime on the export input and compared with PyTorch; a file whose outputs differ by
+more than :data:`TOLERANCE` is deleted and :class:`ExportError` raised.
 """
 import contextlib
 import inspect
@@ -163,8 +166,9 @@ def exportable(model: nn.Module):
             setattr(parent, name, child)
 
 
-def check_dynamic_support(model: nn.Module) -> None:
-    """Raise :class:`ExportError` if a traced graph of ``model`` would only be valid at the traced input size."""
+def check_dynamic_support(model: nn.Module, shape: Tuple[int, int]) -> None:
+    """Raise :class:`ExportError` if a graph of ``model`` traced at ``shape`` would be valid at that size only."""
+    from .models.backbones.dual_vit import QUERY_GRID, SEMANTIC_POOL
     for module in model.modules():
         if type(module).__name__ == 'Sequencer2D' and module.pyramid != 'native':
             raise ExportError(
@@ -172,6 +176,14 @@ def check_dynamic_support(model: nn.Module) -> None:
                 f'and resampling weights follow from the input size in Python, so a traced graph is valid at the '
                 f'export shape only. Export once per input size you will run (--shape H W, without --dynamic), or '
                 f"use pyramid='native'.")
+        # Dual-ViT's semantic grid is floor(ceil(side / 4) / 7) per side; at 8 x 8 the learned queries are used
+        # as they are, so a graph traced there has no resize step for other grids.
+        grid = [math.ceil(side / 4) // SEMANTIC_POOL for side in shape]
+        if type(module).__name__ == 'DualViT' and grid == [QUERY_GRID, QUERY_GRID]:
+            raise ExportError(
+                f'Dual-ViT traced at {shape[0]}x{shape[1]} has a {QUERY_GRID}x{QUERY_GRID} semantic grid, at which it '
+                f'uses its queries without resizing them, so a dynamic graph traced there is wrong at other sizes. '
+                f'Export with --dynamic at another size (e.g. --shape 256 256), or without --dynamic.')
 
 
 def export_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], path: str, dynamic: bool = False,
@@ -181,7 +193,7 @@ def export_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], path: str, dynam
     ``dynamic`` makes height and width dynamic (the batch size stays as exported).
     """
     if dynamic:
-        check_dynamic_support(wrapper)
+        check_dynamic_support(wrapper, shape)
     wrapper.eval()
     x = torch.randn(batch_size, 3, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
