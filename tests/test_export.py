@@ -210,6 +210,7 @@ def _tool(*args):
 def _small_config(tmp_path, config, arch):
     """``config`` with a reduced-depth backbone arch, as a config file of its own."""
     path = tmp_path / f'small_{config}'
+    arch = dict(arch, _delete_=True)
     path.write_text(f"_base_ = '{CONFIGS / config}'\nmodel = dict(backbone=dict(arch={arch!r}))\n")
     return path
 
@@ -300,7 +301,8 @@ def test_detector_end_to_end(tmp_path):
 
 def test_segmentor_end_to_end(tmp_path):
     """UperNet + Sequencer2D (fixed shape): onnxruntime's logits through mmseg's resize and argmax = predict."""
-    model, cfg = build_model(str(CONFIGS / 'upernet_sequencer2d_s_ade20k.py'), cfg_options=small_backbone(SEQUENCER_SMALL))
+    model, cfg = build_model(str(CONFIGS / 'upernet_sequencer2d_s_ade20k.py'),
+                             cfg_options=small_backbone(SEQUENCER_SMALL))
     path = tmp_path / 'upernet.onnx'
     export_onnx(ExportWrapper(model), (96, 144), str(path))
     data = _test_batch(cfg, _image(130, 200), (144, 96))  # keep-ratio resize to 94 x 144, no padding at test

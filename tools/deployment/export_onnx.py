@@ -34,7 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('--backbone-only', action='store_true', help='export the backbone alone')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--tolerance', type=float, default=TOLERANCE,
-                        help=f'largest accepted max|onnxruntime - PyTorch| / max|PyTorch| per output (default {TOLERANCE})')
+                        help='largest accepted max|onnxruntime - PyTorch| / max|PyTorch| per output '
+                        f'(default {TOLERANCE})')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
 
