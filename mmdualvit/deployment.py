@@ -327,8 +327,8 @@ def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = 
             from .checkpoint import load_pretrained
             load_pretrained(model.backbone, checkpoint)
         else:
-            from .engine.runner import load_model_weights, read_checkpoint
-            load_model_weights(model, read_checkpoint(checkpoint), checkpoint, strict=True)
+            from .checkpoint import load_checkpoint_weights, read_checkpoint
+            load_checkpoint_weights(model, read_checkpoint(checkpoint), checkpoint, strict=True)
     return model.eval(), cfg
 
 
