@@ -95,7 +95,7 @@ def test_sequencer2d_resample_graph_has_no_resize_of_shrunk_levels(tmp_path):
     assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 8
 
 
-@pytest.mark.parametrize('arch', ['s', 'm', 'l'])
+@pytest.mark.parametrize('arch', ['s', *(pytest.param(a, marks=pytest.mark.slow) for a in 'ml')])
 def test_sequencer2d_export_structure(arch, tmp_path):
     """Reduced depth, each variant's widths; fixed shapes, so each size is its own export."""
     model = Sequencer2D(arch=sequencer_arch(arch, (1, 1, 2, 1))).eval()
@@ -113,7 +113,7 @@ def test_sequencer2d_native_exports_with_dynamic_shapes(tmp_path):
                        more_shapes=[(112, 84)])
 
 
-@pytest.mark.parametrize('arch', ['s', 'b', 'l'])
+@pytest.mark.parametrize('arch', ['s', *(pytest.param(a, marks=pytest.mark.slow) for a in 'bl')])
 def test_dualvit_export_structure_dynamic(arch, tmp_path):
     model = DualViT(arch=dualvit_arch(arch, (1, 1, 2, 1))).eval()
     model.init_weights()
@@ -175,10 +175,12 @@ SEQUENCER_SMALL = sequencer_arch()
     ('retinanet_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds')),
     ('atss_dualvit_s_3x_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds', 'score_factors')),
     ('gfl_dualvit_s_3x_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds')),
-    ('retinanet_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('cls_scores', 'bbox_preds')),
+    pytest.param('retinanet_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('cls_scores', 'bbox_preds'),
+                 marks=pytest.mark.slow),
     ('maskrcnn_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('feats', )),
-    ('maskrcnn_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('feats', )),
-    ('upernet_dualvit_s_ade20k.py', DUALVIT_SMALL, (96, 128), True, ('seg_logits', )),
+    pytest.param('maskrcnn_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('feats', ), marks=pytest.mark.slow),
+    pytest.param('upernet_dualvit_s_ade20k.py', DUALVIT_SMALL, (96, 128), True, ('seg_logits', ),
+                 marks=pytest.mark.slow),
     ('upernet_sequencer2d_s_ade20k.py', SEQUENCER_SMALL, (96, 128), False, ('seg_logits', )),
     pytest.param('imagenet_dualvit_s.py', DUALVIT_SMALL, (96, 128), True, ('logits', ), marks=pytest.mark.slow),
     pytest.param('imagenet_sequencer2d_s.py', SEQUENCER_SMALL, (96, 128), True, ('logits', ),
@@ -211,6 +213,7 @@ def _small_config(tmp_path, config, arch):
     return path
 
 
+@pytest.mark.slow  # a subprocess through tools/
 def test_tool_writes_a_verified_file(tmp_path):
     """A whole-model checkpoint: the file computes what the checkpoint's model computes."""
     config = _small_config(tmp_path, 'retinanet_sequencer2d_s_coco.py', sequencer_arch())
@@ -231,6 +234,7 @@ def test_tool_writes_a_verified_file(tmp_path):
         np.testing.assert_allclose(out_onnx, out_torch.numpy(), rtol=0, atol=TOLERANCE * out_torch.abs().max())
 
 
+@pytest.mark.slow  # a subprocess through tools/
 def test_tool_refuses_dynamic_sequencer2d_and_writes_nothing(tmp_path):
     out = tmp_path / 'seq.onnx'
     proc = _tool(_small_config(tmp_path, 'upernet_sequencer2d_s_ade20k.py', sequencer_arch()), '--shape', 64, 96,
@@ -241,6 +245,7 @@ def test_tool_refuses_dynamic_sequencer2d_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a subprocess through tools/
 def test_tool_backbone_only_with_checkpoint(tmp_path):
     """--backbone-only takes an ImageNet checkpoint (official names) and exports the dynamic Dual-ViT."""
     arch = dualvit_arch()
