@@ -76,6 +76,9 @@ def test_resample_bilinear_float32():
                              recompute_scale_factor=False)[..., :100, :160]
     assert torch.equal(resample_bilinear(x, 1.75, (100, 160)), enlarged)
     assert resample_bilinear(x.bfloat16(), 14 / 32, (25, 42)).dtype == torch.bfloat16
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # computed in float32 all the same
+        shrunk = resample_bilinear(x, 14 / 32, (25, 42))
+    assert shrunk.dtype == torch.float32 and torch.equal(shrunk, resample_bilinear(x, 14 / 32, (25, 42)))
 
 
 @pytest.mark.parametrize('output_size', [1, 2, 3, 6, (4, None)])

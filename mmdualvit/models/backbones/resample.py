@@ -42,5 +42,6 @@ def resample_bilinear(x: torch.Tensor, scale: float, size: Tuple[int, int]) -> t
     else:
         rows = antialias_matrix(x.shape[-2], size[0], scale, x.device).float()
         cols = antialias_matrix(x.shape[-1], size[1], scale, x.device).float()
-        out = rows @ level @ cols.T
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run the products in reduced precision
+            out = rows @ level @ cols.T
     return out.to(x.dtype)
