@@ -125,12 +125,12 @@ def test_dualvit_export_structure_dynamic(arch, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_depth_s_backbones_with_reference_weights(tmp_path):
+def test_full_depth_s_backbones_with_reference_weights(reference_weights, tmp_path):
     """Dual-ViT-S (dynamic, two sizes) and Sequencer2D-S (one export per size), the official structure."""
-    dualvit = load_reference_weights(DualViT(arch='s'), 'dualvit_s').eval()
+    dualvit = load_reference_weights(DualViT(arch='s'), reference_weights('dualvit_s')).eval()
     _export_and_verify(ExportWrapper(dualvit), (224, 320), tmp_path / 'dv.onnx', dynamic=True,
                        more_shapes=[(256, 384)])
-    sequencer = load_reference_weights(Sequencer2D(arch='s'), 'sequencer2d_s').eval()
+    sequencer = load_reference_weights(Sequencer2D(arch='s'), reference_weights('sequencer2d_s')).eval()
     for shape in [(224, 320), (256, 384)]:
         _export_and_verify(ExportWrapper(sequencer), shape, tmp_path / 'seq.onnx')
 
