@@ -51,8 +51,9 @@ def _install_command(module, dist=None, spec=None):
     if module == 'torch':
         return ('install torch first (the build for your CUDA: https://pytorch.org/get-started/locally/), '
                 'then pip install "mmdualvit[openmmlab]"')
-    if dist is None:
-        return 'pip install "mmdualvit[openmmlab]" (OpenMMLab; README "Install" shows the OneDL forks)'
+    if dist is None:  # mmcv is a source package: it must be built against the installed torch (README "Install")
+        return ('pip install "setuptools<82" wheel ninja, then pip install --no-build-isolation '
+                '"mmdualvit[openmmlab]" (OpenMMLab; README "Install" also shows the OneDL forks)')
     # mmcv's ops are compiled against the installed torch, which pip's isolated build would not see.
     return f'pip install {"--no-build-isolation " if module == "mmcv" else ""}"{dist}{spec}"'
 

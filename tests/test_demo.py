@@ -52,3 +52,48 @@ def test_demo_prints_a_short_story_with_one_table_and_writes_pictures(tmp_path):
         sheet.load()
         # 4 columns of half-size pictures: wider than two of them, tall enough for 4 rows.
         assert sheet.width > 2 * width and sheet.height > 2 * height
+
+    # `make demo` again: a fresh run into the same work dir replaces the previous demo (no used-work-dir refusal).
+    again = run_tool([sys.executable, REPO / 'tools' / 'demo.py', '--iters', '1', '--progress-every', '1',
+                      '--work-dir', work, '--data-root', tmp_path / 'toy_coco'], cwd=tmp_path).stdout
+    assert re.search(r'iter +1/1 +loss +\d+\.\d+', again) and 'COCO AP on the toy val split' in again
+
+
+def test_demo_pictures_show_the_predictions_and_are_the_same_on_every_run(tmp_path):
+    """tools/demo.py's drawing (mmdet's DetLocalVisualizer on upscaled images, titles, a contact sheet), given the
+    toy ground truth as predictions: the prediction panel shows them, and two drawings write identical files."""
+    import runpy
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import InstanceData
+
+    from mmdet.models.utils import samplelist_boxtype2tensor
+    from mmdet.registry import DATASETS
+    from mmdualvit.datasets import make_toy_coco
+    demo = runpy.run_path(str(REPO / 'tools' / 'demo.py'))  # its functions; main() does not run
+    info = make_toy_coco(tmp_path / 'toy', num_train=1, num_val=2)
+    init_default_scope('mmdet')
+    dataset_cfg = Config.fromfile(str(demo['CONFIG'])).test_dataloader.dataset
+    dataset = DATASETS.build(dict(dataset_cfg, data_root=str(tmp_path / 'toy') + '/'))
+
+    def samples(score):
+        batch = [dataset[i]['data_samples'] for i in range(len(dataset))]
+        samplelist_boxtype2tensor(batch)  # boxes as tensors, as the data preprocessor leaves them
+        for sample in batch:
+            gt = sample.gt_instances
+            sample.pred_instances = InstanceData(
+                bboxes=gt.bboxes, labels=gt.labels, masks=torch.from_numpy(gt.masks.to_ndarray()).bool(),
+                scores=torch.full((len(gt), ), score))
+        return batch
+
+    files = {}
+    for run, score in [('first', 0.9), ('second', 0.9), ('below threshold', 0.1)]:
+        sizes, sheet = demo['draw_pictures'](samples(score), list(info['classes']), str(tmp_path / run / 'predictions'))
+        assert sizes == [(2 * 3 * 128, 3 * 128 + demo['TITLE_HEIGHT'])] * 2
+        files[run] = [p.read_bytes() for p in sorted((tmp_path / run / 'predictions').glob('*.png'))]
+        files[run].append((tmp_path / run / 'contact_sheet.jpg').read_bytes())
+    assert len(files['first']) == 3 and files['first'] == files['second']
+    # Predictions under the score threshold are not drawn: those pictures differ (in their right half only).
+    assert all(a != b for a, b in zip(files['first'], files['below threshold']))

@@ -124,3 +124,24 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     assert 'pass --allow-partial-load' in err
     err = refusal(capsys, PHOTO, TOY_DET, tmp_path / 'absent.pth', '--device', 'cpu')
     assert f"checkpoint file '{tmp_path / 'absent.pth'}' does not exist" in err
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_class_names_come_from_the_checkpoint_else_from_the_config(scope):
+    """A checkpoint tools/train.py wrote carries the dataset's classes (meta.dataset_meta); a bare state_dict does
+    not, and the config's test dataset supplies them (not mmdet's COCO / mmseg's Cityscapes defaults)."""
+    from types import SimpleNamespace
+    cfg = Config.fromfile(TOY_DET if scope == 'mmdet' else TOY_SEG)
+    init_default_scope(scope)
+    seen = {}
+    visualizer = SimpleNamespace(set_dataset_meta=lambda classes, palette: seen.update(classes=classes))
+    inferencer = SimpleNamespace(model=torch.nn.Linear(2, 2), visualizer=visualizer)
+    state = inferencer.model.state_dict()
+    infer.load_weights(inferencer, cfg, {'state_dict': state}, 'bare.pth', strict=True)
+    toy = ('square', 'circle', 'triangle') if scope == 'mmdet' else ('background', 'square', 'circle', 'triangle')
+    assert tuple(inferencer.model.dataset_meta['classes']) == toy
+    trained = {'state_dict': state, 'meta': {'dataset_meta': {'classes': ('cat', 'dog'), 'palette': [[1, 2, 3]] * 2}}}
+    infer.load_weights(inferencer, cfg, trained, 'trained.pth', strict=True)
+    assert inferencer.model.dataset_meta['classes'] == ('cat', 'dog')
+    shown = seen['classes'] if scope == 'mmseg' else visualizer.dataset_meta['classes']
+    assert shown == ('cat', 'dog')

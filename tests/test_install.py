@@ -245,7 +245,8 @@ def test_import_check_names_a_missing_package_and_the_fix(tmp_path):
     assert notes == [] and list(missing) == ['mmcv']
     assert missing['mmcv'] == ('mmdualvit needs mmcv, which is not installed. Supported: mmcv>=2.0.0,<2.2.0 '
                                '(OpenMMLab) or onedl-mmcv>=2.3.0,<2.4.0 (OneDL fork). Fix: pip install '
-                               '"mmdualvit[openmmlab]" (OpenMMLab; README "Install" shows the OneDL forks).')
+                               '"setuptools<82" wheel ninja, then pip install --no-build-isolation '
+                               '"mmdualvit[openmmlab]" (OpenMMLab; README "Install" also shows the OneDL forks).')
     with pytest.raises(ModuleNotFoundError) as error:
         check_stack(path)
     assert error.value.name == 'mmcv' and str(error.value) == missing['mmcv']

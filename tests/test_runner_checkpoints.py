@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.toy_runner import build_runner
+from tests.toy_runner import build_runner, start_paused_writer
 
 from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.fileio import TMP_SUFFIX, remove_stale_temporaries
@@ -212,28 +212,8 @@ def test_written_files_get_the_mode_of_a_normal_write(tmp_path, umask):
 def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     """The writer is stopped *inside* the atomic write of iter_4.pth (data written, not yet renamed) and killed."""
     work = tmp_path / 'work'
-    child = (
-        'import os, sys, threading\n'
-        'real_fsync = os.fsync\n'
-        'def fsync(fd):\n'
-        '    real_fsync(fd)\n'
-        '    name = os.readlink(f"/proc/self/fd/{fd}")\n'
-        '    if ".iter_4.pth." in name:\n'
-        '        print("INSIDE", name, flush=True)\n'
-        '        threading.Event().wait()  # stays here until killed\n'
-        'os.fsync = fsync\n'
-        'from tests.toy_runner import build_runner\n'
-        f'build_runner({str(work)!r}, max_iters=6).train()\n')
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
-    proc = subprocess.Popen([sys.executable, '-c', child], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=env, text=True)
+    proc, tmp = start_paused_writer(work, max_iters=6)
     try:
-        for line in proc.stdout:
-            if line.startswith('INSIDE'):
-                tmp = Path(line.split(maxsplit=1)[1].strip())
-                break
-        else:
-            pytest.fail(f'the run ended (rc {proc.wait()}) without writing iter_4.pth')
         assert tmp.exists() and tmp.stat().st_size > 0
         proc.send_signal(signal.SIGKILL)
     finally:

@@ -10,13 +10,12 @@ import re
 import runpy
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from tests.toy_runner import LineModel, build_runner
+from tests.toy_runner import LineModel, build_runner, start_paused_writer
 
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import _HOST_TAG, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError, remove_stale_temporaries
@@ -220,41 +219,12 @@ def test_a_zero_byte_newest_checkpoint_falls_back_to_the_previous_one(trained, r
 
 
 # ----------------------------------------------------------------------------------------------- one writer
-PAUSED_WRITER = '''
-import os, pathlib, sys, time
-real_fsync = os.fsync
-def fsync(fd):
-    real_fsync(fd)
-    name = os.readlink(f"/proc/self/fd/{fd}")
-    if ".iter_4.pth." in name:
-        print("INSIDE", name, flush=True)
-        deadline = time.time() + 240
-        while not pathlib.Path(sys.argv[2]).exists() and time.time() < deadline:
-            time.sleep(0.05)
-os.fsync = fsync
-from tests.toy_runner import build_runner
-build_runner(sys.argv[1], max_iters=6).train()
-print("DONE", flush=True)
-'''
-
-
 def test_a_second_training_and_a_test_run_leave_a_writing_training_alone(tmp_path):
     """A training is held inside the write of iter_4.pth; meanwhile a test run in its work dir deletes nothing and a
     second training is refused by the lock; released, the first training completes every checkpoint."""
     work, release = tmp_path / 'work', tmp_path / 'release'
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
-    errors = open(tmp_path / 'stderr.txt', 'w+')
-    proc = subprocess.Popen([sys.executable, '-c', PAUSED_WRITER, str(work), str(release)], stdout=subprocess.PIPE,
-                            stderr=errors, env=env, text=True)
-    watchdog = threading.Timer(300, proc.kill)  # nothing below waits forever
-    watchdog.start()
+    proc, temporary = start_paused_writer(work, max_iters=6, release=release)
     try:
-        for line in proc.stdout:
-            if line.startswith('INSIDE'):
-                temporary = Path(line.split(maxsplit=1)[1].strip())
-                break
-        else:
-            pytest.fail(f'the training ended (rc {proc.wait()}) without writing iter_4.pth')
         assert temporary.exists()
 
         tester = build_runner(work, test=True, load_from=str(work / 'iter_2.pth'))
@@ -269,13 +239,9 @@ def test_a_second_training_and_a_test_run_leave_a_writing_training_alone(tmp_pat
         release.touch()
         out, _ = proc.communicate(timeout=240)
     finally:
-        watchdog.cancel()
         proc.kill()
         proc.wait()
-        errors.seek(0)
-        err = errors.read()
-        errors.close()
-    assert proc.returncode == 0 and out.strip().endswith('DONE'), err[-3000:]
+    assert proc.returncode == 0 and out.strip().endswith('DONE'), Path(f'{work}.stderr').read_text()[-3000:]
     assert checkpoints(work) == {'iter_2.pth': 2, 'iter_4.pth': 4, 'iter_6.pth': 6}
     assert not (work / LOCK_NAME).exists()
 
@@ -369,19 +335,21 @@ rank = dist.get_rank()
 from tests.toy_runner import build_runner
 kwargs = json.loads(sys.argv[2])
 nan_at = kwargs.pop("nan_at_rank_1", []) if rank == 1 else []
+result = open(f"{sys.argv[1]}.rank{rank}", "w")  # the ranks' stdout lines interleave
 try:
     build_runner(sys.argv[1], distributed=True, nan_at=nan_at, **kwargs).train()
-    print(f"RANK {rank} DONE", flush=True)
+    result.write(f"RANK {rank} DONE")
 except Exception as err:
-    print(f"RANK {rank} {type(err).__name__}: {err}", flush=True)
+    result.write(f"RANK {rank} {type(err).__name__}: {err}")
     sys.exit(3)
 finally:
+    result.close()
     dist.destroy_process_group()
 '''
 
 
 def torchrun(work: Path, **kwargs) -> tuple:
-    """Two gloo ranks of the toy runner; a rank that raises prints its error and exits 3."""
+    """Two gloo ranks of the toy runner: the exit status and each rank's outcome (DONE, or the error it raised)."""
     from tests.utils import free_port
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     script = work.parent / 'distributed.py'
@@ -392,7 +360,8 @@ def torchrun(work: Path, **kwargs) -> tuple:
                               text=True, env=env, timeout=300)
     except subprocess.TimeoutExpired:
         pytest.fail('the two ranks did not finish within 300 s (a rank waits for the other)')
-    return proc.returncode, sorted(line for line in proc.stdout.splitlines() if line.startswith('RANK '))
+    outcomes = [Path(f'{work}.rank{rank}') for rank in (0, 1)]
+    return proc.returncode, [path.read_text() if path.exists() else proc.stderr[-3000:] for path in outcomes]
 
 
 def test_every_rank_stops_when_rank_0_refuses_the_work_dir(trained):
@@ -495,7 +464,7 @@ def test_train_tool_refuses_a_used_work_dir_and_stops_a_diverging_run(toy_root):
     first = (toy_root / 'work' / 'iter_2.pth').read_bytes()
 
     rc, out = run_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
-    assert rc == 1 and 'WorkDirError: work already holds checkpoints (iter_2.pth)' in out, out[-3000:]
+    assert rc == 1 and f'WorkDirError: {toy_root}/work already holds checkpoints (iter_2.pth)' in out, out[-3000:]
     assert '--overwrite-work-dir' in out and (toy_root / 'work' / 'iter_2.pth').read_bytes() == first
 
     # Allowed to overwrite, with a learning rate that makes it diverge: it stops, and iter_2.pth stays finite.

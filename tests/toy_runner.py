@@ -1,9 +1,14 @@
 """A seconds-fast :class:`mmdualvit.engine.StrictRunner` on a two-parameter model, for the checkpoint tests.
 
-Also runnable as a script (``python tests/toy_runner.py WORK_DIR MAX_ITERS [--resume]``) so that tests can kill it.
+Also runnable as a script (``python tests/toy_runner.py WORK_DIR MAX_ITERS [--resume]``) so that tests can kill it,
+and as a subprocess held inside a checkpoint write (:func:`start_paused_writer`).
 """
+import os
+import subprocess
 import sys
+import threading
 import uuid
+from pathlib import Path
 
 import torch
 from mmengine.evaluator import BaseMetric
@@ -77,6 +82,43 @@ def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, i
         param_scheduler=cfg.pop('param_scheduler', None), custom_hooks=cfg.pop('custom_hooks', None),
         resume=resume, load_from=load_from, default_scope='mmengine', cfg=dict(cfg), env_cfg=dict(dist_cfg=dict()),
         **testing)
+
+
+_PAUSED_WRITER = '''
+import os, pathlib, sys, time
+real_fsync = os.fsync
+def fsync(fd):
+    real_fsync(fd)
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if ".iter_4.pth." in name:
+        print("INSIDE", name, flush=True)
+        release = pathlib.Path(sys.argv[3]) if len(sys.argv) > 3 else None
+        while release is None or not release.exists():
+            time.sleep(0.05)
+os.fsync = fsync
+from tests.toy_runner import build_runner
+build_runner(sys.argv[1], max_iters=int(sys.argv[2])).train()
+print("DONE", flush=True)
+'''
+
+
+def start_paused_writer(work_dir, max_iters: int, release=None, timeout: float = 300):
+    """Train in a subprocess that is held inside the atomic write of iter_4.pth (data written and flushed, not yet
+    renamed into place) until the file ``release`` exists, or, without one, until it is killed; it is killed after
+    ``timeout`` seconds in any case. Returns the process (stdout piped, stderr in ``<work_dir>.stderr``; it prints
+    DONE when its training returns) and the path of the temporary."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONWARNINGS='ignore')
+    args = [sys.executable, '-c', _PAUSED_WRITER, str(work_dir), str(max_iters)] + ([str(release)] if release else [])
+    with open(f'{work_dir}.stderr', 'w') as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    for line in proc.stdout:
+        if line.startswith('INSIDE'):
+            return proc, Path(line.split(maxsplit=1)[1].strip())
+    raise AssertionError(f'the training ended (rc {proc.wait()}) without writing iter_4.pth: '
+                         f'{Path(f"{work_dir}.stderr").read_text()[-3000:]}')
 
 
 if __name__ == '__main__':

@@ -53,12 +53,12 @@ def build_config(args, data_root: str, work_dir: str):
     from mmengine.config import Config
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir = work_dir
+    cfg.overwrite_work_dir = True  # each `make demo` is a fresh run that replaces the previous demo's checkpoints
     cfg.randomness = dict(seed=SEED, deterministic=True)
     cfg.launcher = 'none'
     # Evaluate once, after training: no validation loop (the train loop would otherwise evaluate at its last
     # iteration); the test loop scores and writes the COCO result files.
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.train_cfg.val_interval = 10**9
     root = data_root.rstrip('/') + '/'
     for loader in ('train_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = root
@@ -147,8 +147,11 @@ def _upscaled(instances, factors, shape):
 
 
 def draw_pictures(samples, classes, out_dir: str):
-    """One ``ground truth | prediction`` picture per val image (mmdet's DetLocalVisualizer on the image upscaled
-    ``UPSCALE`` times, under a title strip) and a contact sheet of all of them. Returns (picture sizes, sheet)."""
+    """One ``ground truth | prediction`` picture per val image and a contact sheet of all of them.
+
+    mmdet's DetLocalVisualizer draws at the image's own size and without titles; its labels are unreadable on a
+    128-px image, so each image and its instances are upscaled ``UPSCALE`` times first, and the same visualizer
+    writes a title strip above the pair. Returns (picture sizes, sheet path)."""
     import cv2
     import mmcv
     from mmdet.structures import DetDataSample
@@ -157,31 +160,32 @@ def draw_pictures(samples, classes, out_dir: str):
     visualizer = DetLocalVisualizer(name='mmdualvit_demo', bbox_color=palette, mask_color=palette,
                                     text_color=(255, 255, 255), line_width=2, alpha=0.6)
     visualizer.dataset_meta = dict(classes=classes, palette=palette)
-    # DetLocalVisualizer jitters each mask's colour with numpy's global RNG: seeded, every run draws the same.
-    np.random.seed(SEED)
-    # mmengine warns about every box that touches the right or bottom edge (x2 = width is a valid mmdet box).
-    warnings.filterwarnings('ignore', message='Warning: The (bbox|polygon) is out of bounds')
     os.makedirs(out_dir, exist_ok=True)
     pictures = []
-    for sample in sorted(samples, key=lambda s: s.img_path):
-        image = mmcv.imread(sample.img_path, channel_order='rgb')
-        height, width = image.shape[:2]
-        shape = (height * UPSCALE, width * UPSCALE)
-        # Ground truth is in the test pipeline's resized frame, predictions in the original image's.
-        scale_y, scale_x = (s / g for s, g in zip(shape, sample.img_shape))
-        shown = DetDataSample(
-            gt_instances=_upscaled(sample.gt_instances, (scale_x, scale_y), shape),
-            pred_instances=_upscaled(sample.pred_instances[sample.pred_instances.scores > SCORE_THR],
-                                     (UPSCALE, UPSCALE), shape))
-        visualizer.add_datasample('demo', mmcv.imresize(image, shape[::-1], interpolation='nearest'), shown,
-                                  pred_score_thr=SCORE_THR)
-        drawn = visualizer.get_image()  # ground truth left, prediction right
-        visualizer.set_image(np.full((TITLE_HEIGHT, drawn.shape[1], 3), 255, np.uint8))
-        visualizer.draw_texts(['ground truth', f'prediction (score > {SCORE_THR})'],
-                              np.array([[6, 4], [shape[1] + 6, 4]]), font_sizes=14, colors='black')
-        picture = np.concatenate([visualizer.get_image(), drawn])
-        mmcv.imwrite(picture[..., ::-1], osp.join(out_dir, osp.splitext(osp.basename(sample.img_path))[0] + '.png'))
-        pictures.append(picture)
+    with warnings.catch_warnings():
+        # mmengine warns about every box that touches the right or bottom edge (x2 = width is a valid mmdet box).
+        warnings.filterwarnings('ignore', message='Warning: The (bbox|polygon) is out of bounds')
+        # DetLocalVisualizer jitters each mask's colour with numpy's global RNG: seeded, every run draws the same.
+        np.random.seed(SEED)
+        for sample in sorted(samples, key=lambda s: s.img_path):
+            image = mmcv.imread(sample.img_path, channel_order='rgb')
+            shape = (image.shape[0] * UPSCALE, image.shape[1] * UPSCALE)
+            # Ground truth is in the test pipeline's resized frame, predictions in the original image's.
+            scale_y, scale_x = (s / g for s, g in zip(shape, sample.img_shape))
+            shown = DetDataSample(
+                gt_instances=_upscaled(sample.gt_instances, (scale_x, scale_y), shape),
+                pred_instances=_upscaled(sample.pred_instances[sample.pred_instances.scores > SCORE_THR],
+                                         (UPSCALE, UPSCALE), shape))
+            visualizer.add_datasample('demo', mmcv.imresize(image, shape[::-1], interpolation='nearest'), shown,
+                                      pred_score_thr=SCORE_THR)
+            drawn = visualizer.get_image()  # ground truth left, prediction right
+            visualizer.set_image(np.full((TITLE_HEIGHT, drawn.shape[1], 3), 255, np.uint8))
+            visualizer.draw_texts(['ground truth', f'prediction (score > {SCORE_THR})'],
+                                  np.array([[6, 4], [shape[1] + 6, 4]]), font_sizes=14, colors='black')
+            picture = np.concatenate([visualizer.get_image(), drawn])
+            name = osp.splitext(osp.basename(sample.img_path))[0] + '.png'
+            mmcv.imwrite(picture[..., ::-1], osp.join(out_dir, name))
+            pictures.append(picture)
     # JPEG: the toy images' pixel noise makes a PNG of the sheet ~1 MB.
     sheet_path = osp.join(osp.dirname(out_dir), 'contact_sheet.jpg')
     mmcv.imwrite(contact_sheet(pictures)[..., ::-1], sheet_path, params=[cv2.IMWRITE_JPEG_QUALITY, 88])

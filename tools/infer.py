@@ -26,8 +26,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import DATASETS, init_default_scope
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import trust_checkpoints
-from mmdualvit.engine.runner import CheckpointError, load_model_weights, read_checkpoint
+from mmdualvit.checkpoint import CheckpointError, load_checkpoint_weights, read_checkpoint
 
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 
@@ -109,7 +108,7 @@ def load_weights(inferencer, cfg, checkpoint, checkpoint_file, strict):
     model, strictly unless told otherwise; set its classes and colours."""
     meta = config_dataset_meta(cfg)
     if checkpoint is not None:
-        load_model_weights(inferencer.model, checkpoint, checkpoint_file, strict)
+        load_checkpoint_weights(inferencer.model, checkpoint, checkpoint_file, strict)
         meta.update(checkpoint.get('meta', {}).get('dataset_meta') or {})
     meta = {key.lower(): value for key, value in meta.items()}
     if 'classes' not in meta:
@@ -125,11 +124,9 @@ def load_weights(inferencer, cfg, checkpoint, checkpoint_file, strict):
 def main(argv=None):
     parser, args = parse_args(argv)
     cfg = check_inputs(parser, args)
-    if args.trust_checkpoint:
-        trust_checkpoints()
     init_default_scope(cfg.default_scope)
     try:
-        checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None  # before the model: fail fast
+        checkpoint = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint) if args.checkpoint else None  # before the model: fail fast
         inferencer = build_inferencer(cfg, cfg.default_scope, args.device)
         load_weights(inferencer, cfg, checkpoint, args.checkpoint, strict=not args.allow_partial_load)
     except CheckpointError as error:

@@ -186,12 +186,11 @@ class FiniteLossHook(Hook):
         wrapper = runner.optim_wrapper
         wrappers = list(wrapper.values()) if isinstance(wrapper, OptimWrapperDict) else [wrapper]
         for each in wrappers:
-            original = each.update_params
-            each.update_params = functools.partial(self._update_params, runner, original)
-            self._wrapped.append((each, original))
+            each.update_params = functools.partial(self._update_params, runner, each.update_params)
+            self._wrapped.append(each)
 
     def after_train(self, runner) -> None:
-        for wrapper, _ in self._wrapped:
+        for wrapper in self._wrapped:
             del wrapper.update_params  # the class's method again
         self._wrapped = []
 

@@ -225,7 +225,8 @@ def table(rows: List[dict], baseline: int, backbone_only: bool) -> str:
         if 'error' in row:
             lines.append(f"| {label} | error: {row['error']} |")
             continue
-        cells = [f'{row[key]:.2f}' if 'error' in base else f'{row[key]:.2f} ({row[key] / base[key]:.2f}x)'
+        # no ratio to a baseline that failed or measured 0 (e.g. no memory above idle on a tiny input)
+        cells = [f'{row[key]:.2f}' + (f' ({row[key] / base[key]:.2f}x)' if base.get(key) else '')
                  for key, _ in COLUMNS]
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

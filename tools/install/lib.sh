@@ -181,6 +181,7 @@ compile_wheel() {
             log "$name compile FAILED (exit $status) after $(( ($(date +%s) - start) / 60 )) min. Last compiler error:"
             errors=$(grep -nE 'error:|#error|FAILED:|fatal' "$log_file" | tail -n 8 || true)
             printf '%s\n' "${errors:-$(tail -n 20 "$log_file")}" >&2
+            rm -rf "$scratch"
             die "full log: $log_file"
         fi
         log "$name compiled in $(( ($(date +%s) - start) / 60 )) min ($log_file)"

@@ -65,43 +65,6 @@ try_wheels() {
     return 1
 }
 
-# Compiles mmcv into $wheel_cache, printing progress (ninja's [done/total]) every 30 s; on failure, the last
-# compiler error and the log's path.
-compile_mmcv() {
-    local scratch log_file start pid status
-    scratch=$(mktemp -d)
-    log_file="$cache_root/logs/mmcv-$MMCV_VERSION-$key-$(date -u +%Y%m%dT%H%M%SZ).log"
-    mkdir -p "$(dirname "$log_file")"
-    prepare_mmcv_compile_env "$scratch/bin" "$flavour" "$torch_cuda" "$cxx20"
-    log "compiling mmcv $MMCV_VERSION for $key with MAX_JOBS=$MAX_JOBS (30-50 minutes on 2 cores for CPU ops;"
-    log "  CUDA ops take longer); full log: $log_file"
-    start=$(date +%s)
-    # --no-cache-dir / --no-binary: pip's own wheel cache does not know which torch a wheel was built against.
-    pip wheel -v --no-build-isolation --no-deps --no-cache-dir --no-binary mmcv -w "$scratch/wheels" \
-        "mmcv==$MMCV_VERSION" > "$log_file" 2>&1 &
-    pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
-        sleep 30
-        kill -0 "$pid" 2>/dev/null || break
-        local step elapsed=$(( $(date +%s) - start ))
-        # pip -v indents the build output; ninja's status is "[finished/total] command".
-        step=$(grep -oE '^ *\[[0-9]+/[0-9]+\]' "$log_file" | tail -n 1 | tr -d ' []' || true)
-        log "compiling mmcv: ${step:+step $step, }$((elapsed / 60))m$((elapsed % 60))s elapsed"
-    done
-    status=0; wait "$pid" || status=$?
-    if [ "$status" != 0 ]; then
-        log "mmcv compile FAILED (exit $status) after $(( ($(date +%s) - start) / 60 )) min. Last compiler error:"
-        local errors
-        errors=$(grep -nE 'error:|#error|FAILED:|fatal' "$log_file" | tail -n 8 || true)
-        printf '%s\n' "${errors:-$(tail -n 20 "$log_file")}" >&2
-        die "full log: $log_file"
-    fi
-    log "mmcv compiled in $(( ($(date +%s) - start) / 60 )) min ($log_file)"
-    # Moved into the cache only once complete, so an interrupted build never leaves a broken wheel there.
-    mv "$scratch"/wheels/mmcv-"$MMCV_VERSION"-*.whl "$wheel_cache/"
-    rm -rf "$scratch"
-}
-
 if ops_ok 2>/dev/null; then
     log "mmcv $MMCV_VERSION already installed and working"
 else
@@ -109,7 +72,7 @@ else
     # shellcheck disable=SC2086  # find_links is a space-separated list of folders
     if ! wheel=$(try_wheels "$wheel_cache"/$pattern $(for d in $find_links; do echo "${d#file://}"/$pattern; done)); then
         require_mmcv_buildable "$py_tag" "$wheel_cache"
-        compile_mmcv
+        compile_wheel "mmcv==$MMCV_VERSION" "$key" "$wheel_cache" "$cache_root/logs" "$flavour" "$torch_cuda" "$cxx20"
         wheel=$(try_wheels "$wheel_cache"/$pattern) || die "the mmcv wheel just built does not work here (above)"
     fi
     log "installed $wheel"
