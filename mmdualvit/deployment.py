@@ -13,17 +13,21 @@ What is exported (the graph's input is the preprocessed, padded NCHW float tenso
 - an mmseg encoder-decoder: the decode head's logits at its own stride (``seg_logits``).
 - an mmpretrain classifier: the head's logits (``logits``).
 
-The TorchScript exporter (``dynamo=False``) is used at opset 18. The dynamo exporter needs ``onnxscript``, fails on
-Dual-ViT (issue 23), and its Sequencer2D graph does not run at sizes other than the traced one. Adaptive average
+The TorchScript exporter (``dynamo=False``) is used at opset 18. The dynamo exporter needs the extra package
+``onnxscript``, and issue 23 found it failing on Dual-ViT and writing wrong Sequencer2D graphs (see
+:mod:`mmdualvit.models.backbones.resample`). Adaptive average
 pooling (UperNet's pyramid pooling) is exported as two matrix products (:class:`MatMulAdaptiveAvgPool2d`). The
-exported file is run with onnxruntime on the export input and compared with PyTorch; a file whose outputs differ by
-more than :data:`TOLERANCE` is deleted and :class:`ExportError` raised.
+graph is traced in memory and run with onnxruntime on the export input (and a second size if dynamic) and compared
+with PyTorch; :func:`export_onnx` writes the file only if no output differs by more than :data:`TOLERANCE`, and
+raises :class:`ExportError` otherwise.
 """
 import contextlib
 import inspect
+import io
 import logging
 import math
 import os
+import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -186,24 +190,53 @@ def check_dynamic_support(model: nn.Module, shape: Tuple[int, int]) -> None:
                 f'Export with --dynamic at another size (e.g. --shape 256 256), or without --dynamic.')
 
 
-def export_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], path: str, dynamic: bool = False,
-                batch_size: int = 1) -> torch.Tensor:
-    """Trace ``wrapper`` on a random ``(batch_size, 3, *shape)`` input and write ``path``; returns that input.
-
-    ``dynamic`` makes height and width dynamic (the batch size stays as exported).
-    """
+def trace_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], dynamic: bool = False,
+               batch_size: int = 1) -> Tuple[bytes, torch.Tensor]:
+    """Trace ``wrapper`` on a random ``(batch_size, 3, *shape)`` input; returns the ONNX model (serialised, in
+    memory) and that input. ``dynamic`` makes height and width dynamic (the batch size stays as exported)."""
     if dynamic:
         check_dynamic_support(wrapper, shape)
     wrapper.eval()
     x = torch.randn(batch_size, 3, *shape, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
     with torch.no_grad():
-        wrapper(x)  # sets output_names
+        try:
+            wrapper(x)  # sets output_names
+        except ValueError as err:  # the backbones' input checks (too small an input ...)
+            raise ExportError(f'the model cannot run at the export size {shape[0]}x{shape[1]}: {err}') from err
         names = list(wrapper.output_names)
         dynamic_axes = {'input': {2: 'height', 3: 'width'}} if dynamic else None
-        with exportable(wrapper):
-            torch.onnx.export(wrapper, (x, ), path, dynamo=False, opset_version=OPSET, input_names=['input'],
-                              output_names=names, dynamic_axes=dynamic_axes)
-    return x
+        with exportable(wrapper), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the tracer's notes on Python values frozen into the graph
+            try:
+                torch.onnx.export(wrapper, (x, ), buffer, dynamo=False, opset_version=OPSET,
+                                  input_names=['input'], output_names=names, dynamic_axes=dynamic_axes)
+            except Exception as err:  # the exporter raises several types; all mean "this graph has no ONNX form"
+                raise ExportError(f'torch.onnx.export (opset {OPSET}) cannot export this {type(wrapper.model).__name__}'
+                                  f' ({wrapper.kind}): {type(err).__name__}: {str(err).splitlines()[0]}') from err
+    return buffer.getvalue(), x
+
+
+def export_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], path, dynamic: bool = False,
+                tolerance: float = TOLERANCE) -> List[Tuple[Tuple[int, ...], 'OrderedDict[str, float]']]:
+    """Export ``wrapper`` at input ``shape`` to ``path``, written only if onnxruntime reproduces PyTorch.
+
+    The graph is traced in memory (:func:`trace_onnx`) and run by onnxruntime on the export input and, if
+    ``dynamic``, on a second input of :func:`second_shape`; outputs must agree within ``tolerance`` (see
+    :func:`compare_outputs`). Only then is ``path`` written (atomically: a reader sees the complete file or none).
+    On a mismatch :class:`ExportError` is raised and ``path`` is not touched. Returns ``[(input shape, errors)]``.
+    """
+    from .fileio import atomic_write
+    model_bytes, x = trace_onnx(wrapper, shape, dynamic)
+    inputs = [x]
+    if dynamic:
+        inputs.append(torch.randn(x.shape[0], 3, *second_shape(shape), generator=torch.Generator().manual_seed(1)))
+    try:
+        results = verify_onnx(wrapper, model_bytes, inputs, tolerance)
+    except ExportError as err:
+        raise ExportError(f'{err} Nothing was written to {path}.') from err
+    atomic_write(model_bytes, path)
+    return [(tuple(x.shape), errors) for x, errors in zip(inputs, results)]
 
 
 def compare_outputs(reference: Sequence[torch.Tensor], actual: Sequence[np.ndarray],
@@ -221,48 +254,44 @@ def compare_outputs(reference: Sequence[torch.Tensor], actual: Sequence[np.ndarr
     return errors
 
 
-def run_onnx(path: str, x: torch.Tensor, threads: Optional[int] = None) -> List[np.ndarray]:
-    """Run ``path`` with onnxruntime's CPU provider on ``x``."""
-    session = onnx_session(path, threads)
-    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
-
-
-def onnx_session(path: str, threads: Optional[int] = None):
-    """An onnxruntime CPU session of ``path`` (``threads`` intra-op threads, onnxruntime's default if None)."""
+def onnx_session(onnx_model, threads: Optional[int] = None):
+    """An onnxruntime CPU session of ``onnx_model`` (a path or the serialised model) with ``threads`` intra-op
+    threads (onnxruntime's default if None)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    model = os.fspath(onnx_model) if isinstance(onnx_model, (str, os.PathLike)) else onnx_model
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
-def verify_onnx(wrapper: ExportWrapper, path: str, inputs: Sequence[torch.Tensor],
+def run_onnx(onnx_model, x: torch.Tensor, threads: Optional[int] = None) -> List[np.ndarray]:
+    """Run ``onnx_model`` (a path, the serialised model or an onnxruntime session) on ``x`` with onnxruntime."""
+    session = onnx_model if hasattr(onnx_model, 'run') else onnx_session(onnx_model, threads)
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+def verify_onnx(wrapper: ExportWrapper, onnx_model, inputs: Sequence[torch.Tensor],
                 tolerance: float = TOLERANCE) -> List['OrderedDict[str, float]']:
-    """Compare ``path`` run by onnxruntime with ``wrapper`` in PyTorch on each input; returns the errors per input
-    (see :func:`compare_outputs`). On a mismatch the file is deleted and :class:`ExportError` raised."""
+    """Compare ``onnx_model`` (a path or the serialised model) run by onnxruntime with ``wrapper`` in PyTorch on
+    each input; returns the errors per input (see :func:`compare_outputs`). :class:`ExportError` on a mismatch."""
+    session = onnx_session(onnx_model)
     results = []
     for x in inputs:
         with torch.no_grad():
             reference = wrapper(x)
         try:
-            errors = compare_outputs(reference, run_onnx(path, x), wrapper.output_names)
-        except Exception as err:
-            _remove(path)
-            raise ExportError(f'{path} failed its onnxruntime check at input {tuple(x.shape)} and was deleted: '
-                              f'{err}') from err
+            errors = compare_outputs(reference, run_onnx(session, x), wrapper.output_names)
+        except Exception as err:  # onnxruntime refusing the input (a shape the graph fixed) counts as a mismatch
+            raise ExportError(f'the ONNX graph failed its onnxruntime check at input {tuple(x.shape)}: {err}') \
+                from err
         worst = max(errors, key=errors.get)
         if not errors[worst] <= tolerance:  # NaN fails too
-            _remove(path)
             raise ExportError(
-                f'{path} does not match PyTorch at input {tuple(x.shape)} and was deleted: output {worst} differs by '
+                f'the ONNX graph does not match PyTorch at input {tuple(x.shape)}: output {worst} differs by '
                 f'{errors[worst]:.2e} x its largest magnitude (tolerance {tolerance:.0e}).')
         results.append(errors)
     return results
-
-
-def _remove(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
 
 
 def second_shape(shape: Tuple[int, int], multiple: int = 32) -> Tuple[int, int]:
@@ -278,7 +307,7 @@ def predict_with_onnx(model: nn.Module, onnx_file, data: dict) -> list:
     data preprocessor and post-processing only) is an mmdet single-stage detector, whose head's
     ``predict_by_feat`` turns the raw outputs into boxes, or an mmseg encoder-decoder with whole-image inference,
     whose decode head's ``predict_by_feat`` and ``postprocess_result`` resize the logits and take the argmax.
-    ``onnx_file`` is a path or an onnxruntime session.
+    ``onnx_file`` is a path, the serialised model or an onnxruntime session.
     """
     kind = ExportWrapper(model).kind
     if kind not in ('dense_detector', 'segmentor'):
@@ -286,7 +315,7 @@ def predict_with_onnx(model: nn.Module, onnx_file, data: dict) -> list:
                           f'{type(model).__name__} ({kind}).')
     if kind == 'segmentor' and model.test_cfg.get('mode', 'whole') != 'whole':
         raise ExportError("predict_with_onnx follows whole-image inference; set the model's test_cfg.mode='whole'.")
-    session = onnx_session(onnx_file) if isinstance(onnx_file, (str, os.PathLike)) else onnx_file
+    session = onnx_file if hasattr(onnx_file, 'run') else onnx_session(onnx_file)
     with torch.no_grad():
         batch = model.data_preprocessor(data, False)
         inputs, samples = batch['inputs'], batch['data_samples']
@@ -306,13 +335,17 @@ def predict_with_onnx(model: nn.Module, onnx_file, data: dict) -> list:
 
 # ----------------------------------------------------------------------------------------------- models
 def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = False,
-                cfg_options: Optional[dict] = None) -> Tuple[nn.Module, object]:
+                cfg_options: Optional[dict] = None, trust: bool = False) -> Tuple[nn.Module, object]:
     """The config's model in eval mode on CPU with ``checkpoint`` loaded strictly (random init without one).
 
     A whole-model checkpoint (what tools/train.py writes) is loaded into the whole model. With ``backbone_only``,
-    ImageNet checkpoints (official, timm or converted) are accepted too and loaded into the backbone.
+    ImageNet checkpoints (official, timm or converted) are accepted too and loaded into the backbone. Checkpoints
+    are read by :func:`mmdualvit.checkpoint.read_checkpoint` (``weights_only`` unless ``trust``).
     """
     from .analysis import build_from_config
+    from .checkpoint import load_checkpoint_weights, load_pretrained, read_checkpoint
+    # a whole-model file is read before the model is built: a missing or unsafe file fails fast
+    state = read_checkpoint(checkpoint, trust=trust) if checkpoint and not backbone_only else None
     model, cfg = build_from_config(config, cfg_options)
     if not checkpoint:
         logger = MMLogger.get_current_instance()
@@ -322,13 +355,10 @@ def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = 
             model.init_weights()
         finally:
             logger.setLevel(level)
+    elif backbone_only:
+        load_pretrained(model.backbone, checkpoint, trust=trust)
     else:
-        if backbone_only:
-            from .checkpoint import load_pretrained
-            load_pretrained(model.backbone, checkpoint)
-        else:
-            from .checkpoint import load_checkpoint_weights, read_checkpoint
-            load_checkpoint_weights(model, read_checkpoint(checkpoint), checkpoint, strict=True)
+        load_checkpoint_weights(model, state, checkpoint, strict=True)
     return model.eval(), cfg
 
 

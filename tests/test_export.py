@@ -4,6 +4,7 @@ Backbones are checked at their full variant structure with reduced depths (each 
 layout, fewer blocks), Dual-ViT-S and Sequencer2D-S once at full depth with the reference weights (slow), and whole
 systems with reduced-depth backbones. Shapes are small; a file that does not match is deleted.
 """
+import importlib.util
 import math
 import subprocess
 import sys
@@ -15,12 +16,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import mmdualvit  # noqa: F401  (registers the models)
-from mmdualvit.deployment import (TOLERANCE, ExportError, ExportWrapper, MatMulAdaptiveAvgPool2d, build_model,
-                                  export_onnx, group_outputs, predict_with_onnx, run_onnx, verify_onnx)
-from mmdualvit.models import DualViT, Sequencer2D
-from mmdualvit.models.backbones.resample import antialias_matrix, resample_bilinear
-from tests.utils import load_reference_weights
+pytest.importorskip('onnxruntime', reason='the ONNX export tests need onnxruntime: pip install -r requirements/onnx.txt')
+pytest.importorskip('onnx', reason='the ONNX export tests need onnx: pip install -r requirements/onnx.txt')
+
+import mmdualvit  # noqa: E402,F401  (registers the models)
+from mmdualvit.deployment import (TOLERANCE, ExportError, ExportWrapper, MatMulAdaptiveAvgPool2d,  # noqa: E402
+                                  build_model, export_onnx, group_outputs, predict_with_onnx, run_onnx, trace_onnx,
+                                  verify_onnx)
+from mmdualvit.models import DualViT, Sequencer2D  # noqa: E402
+from mmdualvit.models.backbones.resample import antialias_matrix, resample_bilinear  # noqa: E402
+from tests.utils import load_reference_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
@@ -40,11 +45,13 @@ def sequencer_arch(arch='s', depths=(1, 1, 1, 1)):
 
 
 def _export_and_verify(wrapper, shape, path, dynamic=False, more_shapes=()):
-    x = export_onnx(wrapper, shape, str(path), dynamic=dynamic)
-    inputs = [x] + [torch.randn(1, 3, *s, generator=torch.Generator().manual_seed(1)) for s in more_shapes]
-    errors = verify_onnx(wrapper, str(path), inputs)
+    """export_onnx (checked at ``shape`` and, if dynamic, a second size), then the file at ``more_shapes`` too."""
+    results = export_onnx(wrapper, shape, str(path), dynamic=dynamic)
     assert path.exists()
-    return errors
+    assert [s for s, _ in results][0] == (1, 3, *shape) and len(results) == (2 if dynamic else 1)
+    verify_onnx(wrapper, str(path), [torch.randn(1, 3, *s, generator=torch.Generator().manual_seed(2))
+                                     for s in more_shapes])
+    return [errors for _, errors in results]
 
 
 # ---------------------------------------------------------------------------------------------- resampling
@@ -93,8 +100,8 @@ def test_sequencer2d_resample_graph_has_no_resize_of_shrunk_levels(tmp_path):
     """The antialiased shrink (levels 3-4) is MatMul in the graph; only the enlarged levels 1-2 use Resize."""
     import onnx
     model = Sequencer2D(arch=sequencer_arch()).eval()
-    export_onnx(ExportWrapper(model), (64, 96), str(tmp_path / 'seq.onnx'))
-    ops = [node.op_type for node in onnx.load(str(tmp_path / 'seq.onnx')).graph.node]
+    model_bytes, _ = trace_onnx(ExportWrapper(model), (64, 96))
+    ops = [node.op_type for node in onnx.load_from_string(model_bytes).graph.node]
     assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 8
 
 
@@ -151,17 +158,40 @@ def test_dynamic_export_refused_at_dualvits_query_grid(tmp_path):
     assert not (tmp_path / 'dv.onnx').exists()
 
 
-def test_mismatching_file_is_deleted(tmp_path):
+def test_verify_fails_a_graph_that_no_longer_matches():
     """A graph that no longer computes what the model computes (here: a weight changed after export)."""
     model = DualViT(arch=dualvit_arch()).eval()
     wrapper = ExportWrapper(model)
-    path = tmp_path / 'dv.onnx'
-    x = export_onnx(wrapper, (64, 64), str(path))
+    model_bytes, x = trace_onnx(wrapper, (64, 64))
+    assert max(verify_onnx(wrapper, model_bytes, [x])[0].values()) <= TOLERANCE
     with torch.no_grad():
         model.norm4.bias.add_(0.01)
-    with pytest.raises(ExportError, match='does not match PyTorch .* and was deleted: output feats.3 differs by'):
-        verify_onnx(wrapper, str(path), [x])
-    assert not path.exists()
+    with pytest.raises(ExportError, match=r'does not match PyTorch at input \(1, 3, 64, 64\): output feats.3 differs '
+                                          r'by .* x its largest magnitude \(tolerance 3e-05\)'):
+        verify_onnx(wrapper, model_bytes, [x])
+
+
+class _FrozenBranch(nn.Module):
+    """Chooses its computation from the input width in Python: a trace keeps the branch of the export size."""
+
+    def forward(self, x):
+        return (x * 2 if x.shape[-1] < 80 else x * 3, )
+
+
+def test_export_writes_nothing_when_the_second_size_differs(tmp_path):
+    """The dynamic graph traced at 64 x 64 computes x * 2 at the second size (96 x 96) too, where PyTorch
+    computes x * 3: the check there fails and no file appears; a file already at the path is left as it was."""
+    path = tmp_path / 'frozen.onnx'
+    with pytest.raises(ExportError, match=r'does not match PyTorch at input \(1, 3, 96, 96\): output feats.0 '
+                                          r'differs by 3.3\de-01 .* Nothing was written to .*frozen.onnx'):
+        export_onnx(ExportWrapper(_FrozenBranch()), (64, 64), str(path), dynamic=True)
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b'earlier export')
+    with pytest.raises(ExportError, match='Nothing was written'):
+        export_onnx(ExportWrapper(_FrozenBranch()), (64, 64), str(path), dynamic=True)
+    assert path.read_bytes() == b'earlier export' and len(list(tmp_path.iterdir())) == 1
+    export_onnx(ExportWrapper(_FrozenBranch()), (64, 64), str(path))  # fixed shape: correct where it is used
+    np.testing.assert_array_equal(run_onnx(str(path), torch.ones(1, 3, 64, 64))[0], np.full((1, 3, 64, 64), 2.0))
 
 
 # ---------------------------------------------------------------------------------------------- whole systems
@@ -203,9 +233,20 @@ def test_system_export(config, arch, shape, dynamic, names, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the tool
+TOOL = REPO / 'tools' / 'deployment' / 'export_onnx.py'
+
+
 def _tool(*args):
-    return subprocess.run([sys.executable, str(REPO / 'tools' / 'deployment' / 'export_onnx.py'), *map(str, args)],
-                          capture_output=True, text=True, timeout=1200)
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope='module')
+def tool_main():
+    """The tool's ``main(argv)``, run in this process (the fast way to test its arguments and refusals)."""
+    spec = importlib.util.spec_from_file_location('export_onnx_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def _small_config(tmp_path, config, arch):
@@ -225,8 +266,10 @@ def test_tool_writes_a_verified_file(tmp_path):
     out = tmp_path / 'dir' / 'retinanet.onnx'
     proc = _tool(config, tmp_path / 'retinanet.pth', '--shape', 64, 96, '--out', out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'no CHECKPOINT' not in proc.stdout
-    assert 'onnxruntime matches PyTorch at (1, 3, 64, 96): 10 outputs' in proc.stdout
+    assert 'UNTRAINED' not in proc.stderr
+    assert 'onnxruntime matches PyTorch at (1, 3, 64, 96): 10 outputs, largest error' in proc.stdout
+    assert f'wrote {out} (dense_detector: cls_scores.0,' in proc.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ['retinanet.onnx']  # no temporary left behind
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         expected = ExportWrapper(model)(x)
@@ -237,36 +280,82 @@ def test_tool_writes_a_verified_file(tmp_path):
         np.testing.assert_allclose(out_onnx, out_torch.numpy(), rtol=0, atol=TOLERANCE * out_torch.abs().max())
 
 
-@pytest.mark.slow  # a subprocess through tools/
-def test_tool_refuses_dynamic_sequencer2d_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize('args, message', [
+    ([], 'no CHECKPOINT given. An export of untrained weights computes noise: pass the checkpoint'),
+    (['ckpt.pth', '--random-weights'], 'give a CHECKPOINT or --random-weights, not both'),
+    (['--random-weights', '--shape', '0', '64'], '--shape needs positive sizes, got 0 64'),
+    (['--random-weights', '--out', 'model.pt'], "--out 'model.pt': name the file to write, ending in .onnx"),
+    (['missing.pth'], "checkpoint file 'missing.pth' does not exist"),
+])
+def test_tool_refuses_bad_arguments(tool_main, args, message, tmp_path, capsys):
+    config = str(CONFIGS / 'retinanet_dualvit_s_coco.py')
+    argv = [config, *args] + ([] if '--shape' in args else ['--shape', '64', '64'])
+    argv += [] if '--out' in args else ['--out', str(tmp_path / 'model.onnx')]
+    with pytest.raises(SystemExit) as exit_info:
+        tool_main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tool_refuses_a_missing_config(tool_main, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tool_main([str(tmp_path / 'nope.py'), '--random-weights', '--shape', '64', '64', '--out', 'x.onnx'])
+    assert f"config file '{tmp_path / 'nope.py'}' does not exist" in capsys.readouterr().err
+
+
+def test_tool_refuses_dynamic_sequencer2d_and_writes_nothing(tool_main, tmp_path, capsys):
     out = tmp_path / 'seq.onnx'
-    proc = _tool(_small_config(tmp_path, 'upernet_sequencer2d_s_ade20k.py', sequencer_arch()), '--shape', 64, 96,
-                 '--dynamic', '--backbone-only', '--out', out)
-    assert proc.returncode == 1
-    assert 'no CHECKPOINT given: exporting randomly initialised weights' in proc.stdout
-    assert "Sequencer2D(pyramid='resample') cannot be exported with dynamic shapes" in proc.stderr
+    config = _small_config(tmp_path, 'upernet_sequencer2d_s_ade20k.py', sequencer_arch())
+    assert tool_main([str(config), '--random-weights', '--shape', '64', '96', '--dynamic', '--backbone-only',
+                      '--out', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert 'WARNING: --random-weights: the exported model is UNTRAINED' in err
+    assert "error: Sequencer2D(pyramid='resample') cannot be exported with dynamic shapes" in err
     assert not out.exists()
 
 
-@pytest.mark.slow  # a subprocess through tools/
-def test_tool_backbone_only_with_checkpoint(tmp_path):
-    """--backbone-only takes an ImageNet checkpoint (official names) and exports the dynamic Dual-ViT."""
+def test_tool_refuses_an_input_too_small(tool_main, tmp_path, capsys):
+    config = _small_config(tmp_path, 'retinanet_dualvit_s_coco.py', dualvit_arch())
+    out = tmp_path / 'dv.onnx'
+    assert tool_main([str(config), '--random-weights', '--shape', '16', '64', '--backbone-only',
+                      '--out', str(out)]) == 1
+    assert 'error: the model cannot run at the export size 16x64: DualViT needs inputs of at least' in \
+        capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_tool_checkpoint_needs_trust_for_pickled_objects(tool_main, tmp_path, capsys):
+    """The checkpoint goes through mmdualvit.checkpoint: weights_only unless --trust-checkpoint."""
     arch = dualvit_arch()
     backbone = DualViT(arch=arch)
     backbone.init_weights()
-    torch.save({'model': backbone.state_dict()}, tmp_path / 'dualvit.pth')
+    torch.save({'model': backbone.state_dict(), 'hook': print}, tmp_path / 'dualvit.pth')  # print: a global
+    config = _small_config(tmp_path, 'retinanet_dualvit_s_coco.py', arch)
     out = tmp_path / 'dv.onnx'
-    proc = _tool(_small_config(tmp_path, 'retinanet_dualvit_s_coco.py', arch), tmp_path / 'dualvit.pth', '--shape',
-                 64, 96, '--dynamic', '--backbone-only', '--out', out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'no CHECKPOINT' not in proc.stdout
-    assert 'onnxruntime matches PyTorch at (1, 3, 64, 96): 4 outputs' in proc.stdout
-    assert 'onnxruntime matches PyTorch at (1, 3, 96, 128): 4 outputs' in proc.stdout
+    argv = [str(config), str(tmp_path / 'dualvit.pth'), '--shape', '64', '96', '--backbone-only', '--out', str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        tool_main(argv)
+    assert exit_info.value.code == 2 and '--trust-checkpoint' in capsys.readouterr().err and not out.exists()
+    assert tool_main(argv + ['--trust-checkpoint']) == 0
+    assert 'UNTRAINED' not in capsys.readouterr().err
     with torch.no_grad():
         expected = backbone.eval()(torch.ones(1, 3, 64, 96))
-    outputs = run_onnx(str(out), torch.ones(1, 3, 64, 96))
-    for out_onnx, out_torch in zip(outputs, expected):
+    for out_onnx, out_torch in zip(run_onnx(str(out), torch.ones(1, 3, 64, 96)), expected):
         np.testing.assert_allclose(out_onnx, out_torch.numpy(), rtol=0, atol=TOLERANCE * out_torch.abs().max())
+
+
+@pytest.mark.slow
+def test_tool_backbone_only_dynamic(tool_main, tmp_path, capsys):
+    """--backbone-only --dynamic: Dual-ViT checked at the export size and at a second size."""
+    config = _small_config(tmp_path, 'retinanet_dualvit_s_coco.py', dualvit_arch())
+    out = tmp_path / 'dv.onnx'
+    assert tool_main([str(config), '--random-weights', '--shape', '64', '96', '--dynamic', '--backbone-only',
+                      '--out', str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert 'onnxruntime matches PyTorch at (1, 3, 64, 96): 4 outputs' in stdout
+    assert 'onnxruntime matches PyTorch at (1, 3, 96, 128): 4 outputs' in stdout
+    assert f'wrote {out} (backbone: feats.0, feats.1, feats.2, feats.3)' in stdout
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -17,9 +17,7 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from datetime import date
 from pathlib import Path
 
@@ -28,8 +26,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from mmdualvit.deployment import (ExportWrapper, build_model, export_onnx, onnx_session,  # noqa: E402
-                                  verify_onnx)
+from mmdualvit.deployment import ExportWrapper, build_model, onnx_session, trace_onnx, verify_onnx  # noqa: E402
 
 DEFAULT_BACKBONES = ['configs/retinanet_dualvit_s_coco.py', 'configs/retinanet_sequencer2d_s_coco.py']
 DEFAULT_MODELS = ['configs/retinanet_dualvit_s_coco.py']
@@ -68,15 +65,12 @@ def median_ms(fn, runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(config: str, backbone_only: bool, args, workdir: str) -> dict:
+def measure(config: str, backbone_only: bool, args) -> dict:
     model, _ = build_model(config, backbone_only=backbone_only)
     wrapper = ExportWrapper(model, backbone_only)
-    path = os.path.join(workdir, 'model.onnx')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        x = export_onnx(wrapper, tuple(args.shape), path)
-    error = max(verify_onnx(wrapper, path, [x])[0].values())
-    session = onnx_session(path, args.threads)
+    model_bytes, x = trace_onnx(wrapper, tuple(args.shape))
+    error = max(verify_onnx(wrapper, model_bytes, [x])[0].values())
+    session = onnx_session(model_bytes, args.threads)
     feed = {session.get_inputs()[0].name: x.numpy()}
 
     def eager():
@@ -99,10 +93,9 @@ def main(argv=None):
               f'input {args.shape[0]}x{args.shape[1]}, median of {args.runs}')
     print(header, flush=True)
     rows = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for config, backbone_only in [(c, True) for c in args.backbones] + [(c, False) for c in args.models]:
-            rows.append(measure(config, backbone_only, args, workdir))
-            print(f'  measured {rows[-1]["model"]}', flush=True)
+    for config, backbone_only in [(c, True) for c in args.backbones] + [(c, False) for c in args.models]:
+        rows.append(measure(config, backbone_only, args))
+        print(f'  measured {rows[-1]["model"]}', flush=True)
     print('| PyTorch / onnxruntime | onnxruntime ms | PyTorch ms | model | max error |')
     print('|---|---|---|---|---|')
     for row in rows:
