@@ -37,10 +37,11 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 OPSET = 18
-# Largest measured |onnxruntime - PyTorch| / std(PyTorch output), over every output of every model and shape the
-# export tests cover, was 3.1e-6 (see docs: 'ONNX export'); the check allows 10x that, which still fails any
-# structural error (a wrong resampling, a dropped branch) by orders of magnitude.
-TOLERANCE = 3e-5
+# Largest measured max|onnxruntime - PyTorch| / max|PyTorch| (see compare_outputs), over every output of every model,
+# variant and input size tests/test_export.py exports, was 1.2e-5 (ATSS's centerness on a 1 x 2 level; 7e-6 for the
+# full-depth backbones with the official weights; docs/deployment.md). The check allows about 8x that; the errors it
+# exists for are 1e-3 (a bias shifted by 0.01) to 1e-1 (a wrong resampling, a size frozen into the trace).
+TOLERANCE = 1e-4
 
 
 class ExportError(RuntimeError):

@@ -101,13 +101,13 @@ def test_sequencer2d_export_structure(arch, tmp_path):
     """Reduced depth, each variant's widths; fixed shapes, so each size is its own export. In the graph the
     antialiased shrink (levels 3-4) is MatMul; only the enlarged levels 1-2 use Resize, next to the LSTMs."""
     import onnx
-    model = Sequencer2D(arch=sequencer_arch(arch, (1, 1, 2, 1))).eval()
+    model = Sequencer2D(arch=sequencer_arch(arch)).eval()
     model.init_weights()
     for shape in [(64, 96), (97, 131)]:
         errors = _export_and_verify(ExportWrapper(model), shape, tmp_path / 'seq.onnx')
         assert list(errors[0]) == ['feats.0', 'feats.1', 'feats.2', 'feats.3']
         ops = [node.op_type for node in onnx.load(str(tmp_path / 'seq.onnx')).graph.node]
-        assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 2 * 5
+        assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 2 * 4  # one bidirectional LSTM per direction per block
 
 
 def test_sequencer2d_native_exports_with_dynamic_shapes(tmp_path):
@@ -128,13 +128,12 @@ def test_dualvit_export_structure_dynamic(arch, tmp_path):
 
 @pytest.mark.slow
 def test_full_depth_s_backbones_with_reference_weights(reference_weights, tmp_path):
-    """Dual-ViT-S (dynamic, two sizes) and Sequencer2D-S (one export per size), the official structure."""
+    """Dual-ViT-S (dynamic: 224 x 320 and 288 x 416) and Sequencer2D-S (fixed), the official structure and weights.
+    (Sequencer2D at a second size: test_sequencer2d_export_structure.)"""
     dualvit = load_reference_weights(DualViT(arch='s'), reference_weights('dualvit_s')).eval()
-    _export_and_verify(ExportWrapper(dualvit), (224, 320), tmp_path / 'dv.onnx', dynamic=True,
-                       more_shapes=[(256, 384)])
+    _export_and_verify(ExportWrapper(dualvit), (224, 320), tmp_path / 'dv.onnx', dynamic=True)
     sequencer = load_reference_weights(Sequencer2D(arch='s'), reference_weights('sequencer2d_s')).eval()
-    for shape in [(224, 320), (256, 384)]:
-        _export_and_verify(ExportWrapper(sequencer), shape, tmp_path / 'seq.onnx')
+    _export_and_verify(ExportWrapper(sequencer), (224, 320), tmp_path / 'seq.onnx')
 
 
 def test_dynamic_export_refused_for_resampled_sequencer2d(tmp_path):
@@ -162,7 +161,7 @@ def test_verify_fails_a_graph_that_no_longer_matches():
     with torch.no_grad():
         model.norm4.bias.add_(0.01)
     with pytest.raises(ExportError, match=r'does not match PyTorch at input \(1, 3, 64, 64\): output feats.3 differs '
-                                          r'by .* x its largest magnitude \(tolerance 3e-05\)'):
+                                          r'by .* x its largest magnitude \(tolerance 1e-04\)'):
         verify_onnx(wrapper, model_bytes, [x])
 
 
@@ -215,16 +214,11 @@ SEQUENCER_SMALL = sequencer_arch()
     ('retinanet_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds')),
     ('atss_dualvit_s_3x_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds', 'score_factors')),
     ('gfl_dualvit_s_3x_coco.py', DUALVIT_SMALL, (96, 128), True, ('cls_scores', 'bbox_preds')),
-    pytest.param('retinanet_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('cls_scores', 'bbox_preds'),
-                 marks=pytest.mark.slow),
     ('maskrcnn_sequencer2d_s_coco.py', SEQUENCER_SMALL, (96, 128), False, ('feats', )),
-    pytest.param('maskrcnn_dualvit_s_coco.py', DUALVIT_SMALL, (96, 128), True, ('feats', ), marks=pytest.mark.slow),
     pytest.param('upernet_dualvit_s_ade20k.py', DUALVIT_SMALL, (96, 128), True, ('seg_logits', ),
                  marks=pytest.mark.slow),
     ('upernet_sequencer2d_s_ade20k.py', SEQUENCER_SMALL, (96, 128), False, ('seg_logits', )),
     pytest.param('imagenet_dualvit_s.py', DUALVIT_SMALL, (96, 128), True, ('logits', ), marks=pytest.mark.slow),
-    pytest.param('imagenet_sequencer2d_s.py', SEQUENCER_SMALL, (96, 128), True, ('logits', ),
-                 marks=pytest.mark.slow),
 ])
 def test_system_export(config, arch, shape, dynamic, names, tmp_path):
     model, _ = build_model(str(CONFIGS / config), cfg_options=small_system(config, arch))
@@ -401,11 +395,15 @@ def test_detector_end_to_end(tmp_path):
     assert result.metainfo['scale_factor'] != (1.0, 1.0) and result.metainfo['batch_input_shape'] == (128, 192)
     got = result.pred_instances
     assert len(expected) == len(got) == cfg.model.test_cfg.max_per_img
-    order_e, order_g = expected.scores.argsort(descending=True), got.scores.argsort(descending=True)
-    assert torch.equal(expected.labels[order_e], got.labels[order_g])
-    torch.testing.assert_close(got.scores[order_g], expected.scores[order_e], rtol=0, atol=1e-5)
-    # boxes in original-image pixels (rescaled by 230/184 = 1.25)
-    torch.testing.assert_close(got.bboxes[order_g], expected.bboxes[order_e], rtol=0, atol=1e-3)
+    # one to one: the same label, the score within 1e-5, the box (original-image pixels, rescaled by 230/184)
+    # within 1e-3; matched rather than sorted, as boxes of equal score may come in either order
+    unmatched = list(range(len(got)))
+    for label, score, box in zip(expected.labels, expected.scores, expected.bboxes):
+        candidates = [j for j in unmatched if got.labels[j] == label and abs(got.scores[j] - score) <= 1e-5]
+        assert candidates, f'no detection of label {label} with score {score} from onnxruntime'
+        errors = [float((got.bboxes[j] - box).abs().max()) for j in candidates]
+        assert min(errors) <= 1e-3, f'box {box.tolist()}: nearest onnxruntime box is {min(errors):.1e} px away'
+        unmatched.remove(candidates[errors.index(min(errors))])
 
 
 def test_segmentor_end_to_end(tmp_path):
@@ -413,14 +411,13 @@ def test_segmentor_end_to_end(tmp_path):
     config = 'upernet_sequencer2d_s_ade20k.py'
     model, cfg = build_model(str(CONFIGS / config), cfg_options=small_system(config, SEQUENCER_SMALL))
     path = tmp_path / 'upernet.onnx'
-    other_shape, _ = trace_onnx(ExportWrapper(model), (96, 144))
-    data = _test_batch(cfg, _image(130, 200), (144, 96))  # keep-ratio resize to 94 x 144, no padding at test
-    with torch.no_grad():
+    with torch.no_grad():  # keep-ratio resize to 94 x 144, no padding at test
         batch_shape = model.data_preprocessor(_test_batch(cfg, _image(130, 200), (144, 96)), False)['inputs'].shape
-        assert tuple(batch_shape[2:]) == (94, 144)
-    with pytest.raises(ExportError, match='exported for inputs of shape .* export it with --shape 94 144'):
-        predict_with_onnx(model, other_shape, data)
+    assert tuple(batch_shape[2:]) == (94, 144)
     export_onnx(ExportWrapper(model), (94, 144), str(path))
+    with pytest.raises(ExportError, match=r'exported for inputs of shape \[1, 3, 94, 144\], but this batch is '
+                                          r'\(1, 3, 104, 160\) after preprocessing: export it with --shape 104 160'):
+        predict_with_onnx(model, str(path), _test_batch(cfg, _image(130, 200), (160, 104)))
     with torch.no_grad():
         expected = model.test_step(_test_batch(cfg, _image(130, 200), (144, 96)))[0]
     got = predict_with_onnx(model, str(path), _test_batch(cfg, _image(130, 200), (144, 96)))[0]
