@@ -90,12 +90,14 @@ def main(argv=None):
     import onnxruntime
     header = (f'{date.today()} | {cpu_name()}, {os.cpu_count()} CPUs, '
               f'{args.threads} threads | torch {torch.__version__}, onnxruntime {onnxruntime.__version__} | '
-              f'input {args.shape[0]}x{args.shape[1]}, median of {args.runs}')
+              f'input {args.shape[0]}x{args.shape[1]}, median of {args.runs} | '
+              f'load average {os.getloadavg()[0]:.1f} at the start')
     print(header, flush=True)
     rows = []
     for config, backbone_only in [(c, True) for c in args.backbones] + [(c, False) for c in args.models]:
         rows.append(measure(config, backbone_only, args))
         print(f'  measured {rows[-1]["model"]}', flush=True)
+    print(f'load average {os.getloadavg()[0]:.1f} at the end (a shared machine inflates both columns)')
     print('| PyTorch / onnxruntime | onnxruntime ms | PyTorch ms | model | max error |')
     print('|---|---|---|---|---|')
     for row in rows:
