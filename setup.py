@@ -30,5 +30,6 @@ setup(
     # (mmdualvit/deps.py); `mmdualvit[openmmlab]` installs them into a fresh environment (OpenMMLab's convention).
     install_requires=read_requirements('runtime.txt'),
     extras_require={'openmmlab': read_requirements('torch.txt') + read_requirements('mminstall.txt'),
-                    'tests': read_requirements('tests.txt'), 'optional': read_requirements('optional.txt')},
+                    'tests': read_requirements('tests.txt') + read_requirements('onnx.txt'),  # tests.txt: -r onnx.txt
+                    'optional': read_requirements('optional.txt'), 'onnx': read_requirements('onnx.txt')},
 )

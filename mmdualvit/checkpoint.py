@@ -413,16 +413,17 @@ def compare_weights(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]
 
 # ----------------------------------------------------------------------------------------------- loading
 def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = None, logger: str = 'current',
-                    check_weights: bool = True) -> dict:
+                    check_weights: bool = True, trust: bool = False) -> dict:
     """Load an ImageNet (or detection/segmentation) checkpoint into a backbone ``model``, strictly.
 
     The model's ``convert_checkpoint`` maps the file's names first. Every parameter and buffer must then be found
     with the right shape (and, unless ``check_weights=False``, with finite floating values). Keys under the model's
     ``checkpoint_unused_prefixes()`` (classifier heads ...) are reported in one info line; anything else is an
-    error naming the file and the fix, and the model is left untouched. Returns a summary dict.
+    error naming the file and the fix, and the model is left untouched. ``trust`` as in :func:`read_checkpoint`.
+    Returns a summary dict.
     """
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, trust=trust)
     except MissingCheckpointError as err:
         raise MissingCheckpointError(
             f"{err} Download the official ImageNet weights (README, 'Checkpoints') and place them there, or point "

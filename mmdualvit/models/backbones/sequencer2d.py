@@ -24,6 +24,7 @@ from mmengine.model import BaseModule
 from ...registry import MODELS
 from ..utils import checkpointed
 from .base import BaseBackbone
+from .resample import resample_bilinear
 
 NORM_EPS = 1e-6
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -305,10 +306,7 @@ class Sequencer2D(BaseBackbone):
             level = native[i].permute(0, 3, 1, 2)
             scale = self.native_strides[i] / PYRAMID_STRIDES[i]
             size = (math.ceil(height / PYRAMID_STRIDES[i]), math.ceil(width / PYRAMID_STRIDES[i]))
-            # scale_factor (not size) keeps the exact stride ratio in the sampling grid; then crop the padding.
-            # float32: antialiased resampling has no reduced-precision CPU kernel (autocast/bf16 runs)
-            level = F.interpolate(level.float(), scale_factor=scale, mode='bilinear', align_corners=False,
-                                  recompute_scale_factor=False,
-                                  antialias=scale < 1)[..., :size[0], :size[1]].to(level.dtype)
+            # the exact stride ratio sets the sampling grid; the padding is cropped (shrinking exports to ONNX)
+            level = resample_bilinear(level, scale, size)
             outs.append(level)
         return tuple(outs)
