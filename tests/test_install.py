@@ -68,13 +68,15 @@ def _locked(name):
 
 def test_python_310_lock_keeps_the_stack_and_pins_everything():
     """The 3.10 lock differs from constraints.txt only where 3.10 has no release of a pin; torch and OpenMMLab are
-    the same, and it pins the same packages (plus pytest's tomli and exceptiongroup, which 3.10 needs)."""
+    the same, and it pins the same packages (plus pytest's tomli and exceptiongroup, which 3.10 needs, and
+    coloredlogs and humanfriendly, which onnxruntime's last 3.10 release needs)."""
     main, py310 = _locked('constraints.txt'), _locked('constraints-py310.txt')
     for name in ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain',
-                 'opencv-python', 'setuptools', 'wheel', 'pytest'):
+                 'opencv-python', 'setuptools', 'wheel', 'pytest', 'onnx'):
         assert py310[name] == main[name], name
     assert py310['numpy'].startswith('2.2.') and main['numpy'].startswith('2.4.')
-    assert set(py310) - set(main) == {'tomli', 'exceptiongroup'}
+    assert py310['onnxruntime'] == '1.23.2'
+    assert set(py310) - set(main) == {'tomli', 'exceptiongroup', 'coloredlogs', 'humanfriendly'}
     assert set(main) - set(py310) == {'lazy-importer'}  # not pulled in on 3.10
 
 
@@ -193,8 +195,9 @@ def mmdualvit_wheel(tmp_path_factory):
 
 
 def _isolated_pip_env():
-    """Our environment without pip settings (this machine's pip.conf adds indexes, find-links and constraints)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith('PIP_')}
+    """Our environment without pip settings (this machine's pip.conf adds indexes, find-links and constraints) and
+    without PYTHONPATH (a checkout on it, with an egg-info of an editable install, would count as installed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PIP_') and k != 'PYTHONPATH'}
     return dict(env, PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK='1')
 
 
