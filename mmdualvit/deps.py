@@ -118,4 +118,28 @@ def check_stack(path=None):
         warnings.warn(note, DependencyWarning, stacklevel=2)
 
 
+def alias_fork_config_scopes(table=None, path=None):
+    """Let ``_base_ = 'mmseg::...'`` resolve where only the OneDL fork provides ``mmseg``; return the scopes changed.
+
+    mmengine maps a config scope to a distribution name (``mmengine.config.utils.MODULE2PACKAGE``: ``'mmseg'`` ->
+    ``'mmsegmentation'``) and looks it up by that name, falling back to the import name only when the name is not
+    importable. The forks install ``mmseg`` as ``onedl-mmsegmentation``, so onedl-mmengine 0.10.12 stops with
+    "mmsegmentation is not installed" (``mmdet::`` and ``mmpretrain::`` work: there the two names agree). Where the
+    upstream distribution is absent and another supported one provides the module, the scope is mapped to the import
+    name, which mmengine then finds on ``sys.path``. Our tools import mmdualvit before reading a config; mmseg's own
+    tools need ``import mmdualvit`` first (docs/install.md).
+    """
+    if table is None:
+        from mmengine.config.utils import MODULE2PACKAGE as table
+    changed = []
+    for scope, package in table.items():
+        if scope in SUPPORTED and package != scope and package in SUPPORTED[scope]:
+            found = installed(scope, path)
+            if found and package not in found:
+                table[scope] = scope
+                changed.append(scope)
+    return changed
+
+
 check_stack()
+alias_fork_config_scopes()

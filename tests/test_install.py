@@ -241,6 +241,23 @@ def test_import_check_accepts_both_supported_stacks(tmp_path):
     assert problems(_site_with(tmp_path / 'upstream', UPSTREAM_ENV)) == ({}, [])
 
 
+def test_mmseg_config_scope_resolves_with_the_fork(tmp_path):
+    """onedl-mmengine looks `mmseg::` up as the distribution `mmsegmentation`; with the fork it gets the import name."""
+    from mmdualvit.deps import alias_fork_config_scopes
+    table = {'mmseg': 'mmsegmentation', 'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain', 'mmaction': 'mmaction2'}
+    assert alias_fork_config_scopes(table, _site_with(tmp_path / 'fork', FORK_ENV)) == ['mmseg']
+    assert table == {'mmseg': 'mmseg', 'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain', 'mmaction': 'mmaction2'}
+    table = {'mmseg': 'mmsegmentation'}
+    assert alias_fork_config_scopes(table, _site_with(tmp_path / 'upstream', UPSTREAM_ENV)) == []
+    assert alias_fork_config_scopes(table, [str(tmp_path / 'empty')]) == [] and table == {'mmseg': 'mmsegmentation'}
+    # importing mmdualvit applied it to mmengine's table: changed only where the fork alone provides mmseg
+    from mmengine.config.utils import MODULE2PACKAGE
+
+    from mmdualvit.deps import installed
+    assert MODULE2PACKAGE['mmseg'] == ('mmseg' if set(installed('mmseg')) == {'onedl-mmsegmentation'}
+                                       else 'mmsegmentation')
+
+
 def test_import_check_names_a_missing_package_and_the_fix(tmp_path):
     from mmdualvit.deps import check_stack, problems
     path = _site_with(tmp_path, [('torch', '2.1.2'), ('mmengine', '0.10.7')])
@@ -272,11 +289,15 @@ def test_import_check_warns_about_releases_outside_the_ranges(tmp_path):
 
 
 def test_import_of_mmdualvit_warns_with_fake_metadata(tmp_path):
-    """The check runs when mmdualvit is imported: metadata saying mmcv 2.2.0 ahead of the real one on sys.path."""
-    fake_distributions(tmp_path, [('mmcv', '2.2.0')])
+    """The check runs when mmdualvit is imported: metadata saying mmcv 2.2.0 (onedl-mmcv 2.4.0 in a fork
+    environment) ahead of the real one on sys.path."""
+    from mmdualvit.deps import installed
+    dist, version, spec = (('onedl-mmcv', '2.4.0', '>=2.3.0,<2.4.0') if 'onedl-mmcv' in installed('mmcv')
+                           else ('mmcv', '2.2.0', '>=2.0.0,<2.2.0'))
+    fake_distributions(tmp_path, [(dist, version)])
     proc = subprocess.run([sys.executable, '-c', 'import mmdualvit'], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=f'{tmp_path}:{ROOT}'))
     assert proc.returncode == 0, proc.stderr
-    assert ('DependencyWarning: mmcv 2.2.0 is installed, but mmdualvit supports mmcv>=2.0.0,<2.2.0 (OpenMMLab) or '
-            'onedl-mmcv>=2.3.0,<2.4.0 (OneDL fork). Fix: pip install --no-build-isolation "mmcv>=2.0.0,<2.2.0".'
-            ) in proc.stderr
+    assert (f'DependencyWarning: {dist} {version} is installed, but mmdualvit supports mmcv>=2.0.0,<2.2.0 '
+            '(OpenMMLab) or onedl-mmcv>=2.3.0,<2.4.0 (OneDL fork). Fix: pip install --no-build-isolation '
+            f'"{dist}{spec}".') in proc.stderr
