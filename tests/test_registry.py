@@ -43,8 +43,11 @@ def test_stack_runs_on_numpy_2():
     import mmcv
     import torch
     from pycocotools import mask as mask_utils
-    if torch.__version__.split('+')[0] == pins()['torch']:
-        assert np.__version__ == pins()['numpy']
+    from mmdualvit.deps import installed
+    locked = pins()
+    # installed by `make` with the lock (not, e.g., dev/fork_env.sh's OneDL stack on the same torch)
+    if torch.__version__.split('+')[0] == locked['torch'] and installed('mmcv') == {'mmcv': locked['mmcv']}:
+        assert np.__version__ == locked['numpy']
         assert int(np.__version__.split('.')[0]) >= 2
     image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     assert mmcv.imresize(image, (15, 10)).shape == (10, 15, 3)
