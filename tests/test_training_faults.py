@@ -314,14 +314,14 @@ def test_test_tool_writes_under_a_test_folder_of_the_work_dir(monkeypatch):
         def test(self):
             return {}
 
-    def build_runner(cfg):
-        seen['cfg'] = cfg
+    def build_runner(cfg, compile_backend=None):
+        seen['cfg'], seen['compile'] = cfg, compile_backend
         return Runner()
     monkeypatch.setitem(tool['main'].__globals__, 'build_runner', build_runner)
     monkeypatch.setenv('LOCAL_RANK', '0')
     monkeypatch.setattr(sys, 'argv', ['test.py', str(TOY_DET), 'model.pth'])
     tool['main']()
-    assert seen['cfg'].work_dir == 'work_dirs/maskrcnn_dualvit_toy/test'
+    assert seen['cfg'].work_dir == 'work_dirs/maskrcnn_dualvit_toy/test' and seen['compile'] is None
     monkeypatch.setattr(sys, 'argv', ['test.py', str(TOY_DET), 'model.pth', '--work-dir', 'elsewhere'])
     seen.clear()
     tool['main']()
