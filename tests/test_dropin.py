@@ -101,15 +101,16 @@ def test_mmseg_visualizer_draws_a_toy_sample(tmp_path):
 
 
 def test_our_seg_visualizer_draws_the_non_contiguous_images_mmseg_browse_dataset_passes(tmp_path):
-    """mmseg's browse_dataset.py hands the visualizer a permuted, channel-reversed view; mmseg 1.2.2's visualizer
-    fails on it inside OpenCV (mmsegmentation#3405), mmdualvit.SegLocalVisualizer draws the same picture as for a
-    contiguous copy."""
+    """mmseg's browse_dataset.py hands the visualizer a permuted, channel-reversed view; upstream mmseg 1.2's
+    visualizer fails on it inside OpenCV (mmsegmentation#3405), mmdualvit.SegLocalVisualizer draws the same picture as
+    for a contiguous copy (and, where mmseg's own draws it, as the OneDL fork's 1.4 does, the same as mmseg's)."""
     import torch
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     from mmseg.visualization import SegLocalVisualizer as MMSegVisualizer
 
     from mmdualvit.datasets import TOY_SEG_CLASSES, TOY_SEG_PALETTE, make_toy_ade
+    from mmdualvit.deps import installed
     from mmdualvit.registry import VISUALIZERS
     info = make_toy_ade(tmp_path / 'ade', num_train=1, num_val=0)
     bgr = cv2.imread(str(Path(info['train']['img_dir']) / '000001.png'))
@@ -120,33 +121,48 @@ def test_our_seg_visualizer_draws_the_non_contiguous_images_mmseg_browse_dataset
     sample.gt_sem_seg = PixelData(data=torch.from_numpy(label.astype(np.int64))[None])
     meta = dict(classes=TOY_SEG_CLASSES, palette=TOY_SEG_PALETTE)
 
-    upstream = MMSegVisualizer(name='upstream_vis')
-    upstream.dataset_meta = meta
-    with pytest.raises(cv2.error, match='Layout of the output array'):
-        upstream.add_datasample('toy', view, sample, draw_pred=False)
-
     ours = VISUALIZERS.build(dict(type='mmdualvit.SegLocalVisualizer', name='ours_vis'))
     ours.dataset_meta = meta
     ours.add_datasample('toy', view, sample, draw_pred=False, out_file=str(tmp_path / 'view.png'))
     ours.add_datasample('toy', np.ascontiguousarray(view), sample, draw_pred=False, out_file=str(tmp_path / 'copy.png'))
-    assert np.array_equal(cv2.imread(str(tmp_path / 'view.png')), cv2.imread(str(tmp_path / 'copy.png')))
+    drawn = cv2.imread(str(tmp_path / 'view.png'))
+    assert np.array_equal(drawn, cv2.imread(str(tmp_path / 'copy.png')))
+
+    upstream = MMSegVisualizer(name='upstream_vis')
+    upstream.dataset_meta = meta
+    if 'mmsegmentation' in installed('mmseg'):  # upstream 1.2.x: the bug our visualizer exists for
+        with pytest.raises(cv2.error, match='Layout of the output array'):
+            upstream.add_datasample('toy', view, sample, draw_pred=False)
+    else:  # the OneDL fork's mmseg draws the view itself
+        upstream.add_datasample('toy', view, sample, draw_pred=False, out_file=str(tmp_path / 'theirs.png'))
+        assert np.array_equal(drawn, cv2.imread(str(tmp_path / 'theirs.png')))
 
 
 # End to end through the installed packages' own tools (subprocesses: a minute or two on 2 CPU cores).
 
-def package_tool(package: str, *parts: str) -> str:
+# docs/install.md's way to run mmseg's own tools where only the OneDL fork provides mmseg: import mmdualvit (which
+# maps the `mmseg::` config scope to the fork) before the tool reads its config.
+RUN_AFTER_IMPORT = ("import mmdualvit, runpy, sys; sys.argv = sys.argv[1:]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def package_tool(package: str, *parts: str) -> list:
+    """The command that runs the installed package's own tool ``parts`` (its ``.mim/tools`` copy)."""
     module = __import__(package)
     path = Path(module.__file__).parent / '.mim' / 'tools' / Path(*parts)
     assert path.is_file(), f'{package} ships no {path}'
-    return str(path)
+    from mmdualvit.deps import installed
+    if package == 'mmseg' and 'mmsegmentation' not in installed('mmseg'):
+        return [sys.executable, '-c', RUN_AFTER_IMPORT, str(path)]
+    return [sys.executable, str(path)]
 
 
 def train_and_test(package, project: Path, config: str):
     """2 training iterations, then the package's test.py with --show-dir; returns (test log, checkpoint, show dir)."""
-    run_tool([sys.executable, package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options',
+    run_tool([*package_tool(package, 'train.py'), config, '--work-dir', 'work', '--cfg-options',
               *fast_train_options(2)], cwd=project)
     assert (project / 'work' / 'iter_2.pth').is_file()
-    log = run_tool([sys.executable, package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test',
+    log = run_tool([*package_tool(package, 'test.py'), config, 'work/iter_2.pth', '--work-dir', 'test',
                     '--show-dir', 'show'], cwd=project).stdout
     # mmdet puts --show-dir under work_dir/<timestamp>/, mmseg's visualizer writes it relative to the working directory.
     show = [p for p in [*(project / 'test').glob('*/show'), project / 'show'] if p.is_dir()]
@@ -174,7 +190,7 @@ def test_mmdet_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     assert (project / 'infer' / 'vis' / '000001.png').is_file()
 
     # mmdet's own dataset browser draws the toy annotations under the pinned OpenCV.
-    run_tool([sys.executable, package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
+    run_tool([*package_tool('mmdet', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
               '--output-dir', 'browse'], cwd=project)
     assert len(list((project / 'browse').glob('*.png'))) == 4
 
@@ -202,6 +218,6 @@ def test_mmseg_tools_and_inferencer_on_the_toy_row(tmp_path, monkeypatch):
     assert list((project / 'infer').rglob('*.png'))
 
     # mmseg's own dataset browser, through the configs' mmdualvit.SegLocalVisualizer: one picture per train image.
-    run_tool([sys.executable, package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
+    run_tool([*package_tool('mmseg', 'analysis_tools', 'browse_dataset.py'), config, '--not-show',
               '--output-dir', 'browse'], cwd=project)
     assert len(list((project / 'browse').glob('*.png'))) == 4
