@@ -149,7 +149,11 @@ def _whole_model(model, cfg, settings: Settings, autocast) -> Target:
 
 
 def _backbone(module, settings: Settings, autocast) -> Target:
-    """Forward of random images; forward+backward of the mean of every output (no optimizer step)."""
+    """Forward of random images; forward+backward with random gradients on every output (no optimizer step).
+
+    The gradients are dense tensors, as a neck and head would send back: the gradient of ``out.mean()`` is one value
+    broadcast with stride 0, which sends eager backward kernels down slow strided paths that training never takes.
+    """
     import torch
 
     from mmdualvit.analysis import complexity
@@ -157,6 +161,10 @@ def _backbone(module, settings: Settings, autocast) -> Target:
         macs, params = complexity(module.eval(), (torch.rand(1, 3, *settings.shape), ))
     module.to(settings.device)
     images = torch.randn(settings.batch, 3, *settings.shape, device=settings.device)
+    with torch.no_grad():
+        outs = module(images)
+    grads = [torch.randn_like(out) for out in (outs if isinstance(outs, (tuple, list)) else (outs, ))]
+    del outs
 
     def infer():
         with torch.no_grad(), autocast:
@@ -166,7 +174,7 @@ def _backbone(module, settings: Settings, autocast) -> Target:
         with autocast:
             outs = module(images)
         outs = outs if isinstance(outs, (tuple, list)) else (outs, )
-        sum(out.float().mean() for out in outs).backward()
+        torch.autograd.backward([out.float() for out in outs], grads)
 
     return Target(module, params, macs, infer, train)
 
