@@ -27,6 +27,7 @@ from mmengine.registry import DATASETS, init_default_scope
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
 from mmdualvit.checkpoint import CheckpointError, load_checkpoint_weights, read_checkpoint
+from mmdualvit.engine.launch import require_checkpoint_or_random
 
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 
@@ -72,11 +73,8 @@ def check_inputs(parser, args):
         parser.error(f'{args.config} is a config for {scope or "no OpenMMLab task"} (default_scope); tools/infer.py '
                      'runs detection (mmdet) and segmentation (mmseg) configs. For an ImageNet classifier use '
                      "mmpretrain's ImageClassificationInferencer, or tools/test.py to evaluate it")
-    if args.checkpoint and args.random_weights:
-        parser.error('give a CHECKPOINT or --random-weights, not both')
-    if not args.checkpoint and not args.random_weights:
-        parser.error('no CHECKPOINT given. Without trained weights the model predicts noise: pass the checkpoint '
-                     'tools/train.py wrote for this config, or --random-weights to run the untrained model anyway')
+    require_checkpoint_or_random(parser, args, 'Without trained weights the model predicts noise',
+                                 'run the untrained model')
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""Command-line and config handling shared by tools/train.py and tools/test.py."""
+"""Command-line and config handling shared by the tools (train.py and test.py; infer.py and export_onnx.py for
+the checkpoint choice)."""
 import argparse
 import os
 import os.path as osp
@@ -85,6 +86,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def require_checkpoint_or_random(parser: argparse.ArgumentParser, args: argparse.Namespace, consequence: str,
+                                 action: str) -> None:
+    """Stop (exit 2) unless exactly one of ``args.checkpoint`` and ``--random-weights`` is given, so that untrained
+    weights are only ever used on request. ``consequence`` says what they would give, ``action`` what
+    ``--random-weights`` then does."""
+    if args.checkpoint and args.random_weights:
+        parser.error('give a CHECKPOINT or --random-weights, not both')
+    if not args.checkpoint and not args.random_weights:
+        parser.error(f'no CHECKPOINT given. {consequence}: pass the checkpoint tools/train.py wrote for this config, '
+                     f'or --random-weights to {action} anyway')
 
 
 def load_config(args: argparse.Namespace, subdir: str = '') -> Config:

@@ -23,6 +23,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmdualvit.checkpoint import CheckpointError  # noqa: E402
 from mmdualvit.deployment import TOLERANCE, ExportError, ExportWrapper, build_model, describe, export_onnx  # noqa: E402
+from mmdualvit.engine.launch import require_checkpoint_or_random  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,11 +50,8 @@ def check_inputs(parser, args) -> None:
         parser.error(f'--shape needs positive sizes, got {args.shape[0]} {args.shape[1]}')
     if '::' not in args.config and not osp.isfile(args.config):
         parser.error(f'config file {args.config!r} does not exist')
-    if args.checkpoint and args.random_weights:
-        parser.error('give a CHECKPOINT or --random-weights, not both')
-    if not args.checkpoint and not args.random_weights:
-        parser.error('no CHECKPOINT given. An export of untrained weights computes noise: pass the checkpoint '
-                     'tools/train.py wrote for this config, or --random-weights to export the untrained model anyway')
+    require_checkpoint_or_random(parser, args, 'An export of untrained weights computes noise',
+                                 'export the untrained model')
     if not args.out.endswith('.onnx'):
         parser.error(f'--out {args.out!r}: name the file to write, ending in .onnx')
     if osp.isdir(args.out):
