@@ -91,6 +91,7 @@ def test_no_mmcv_compile_where_its_setup_py_cannot_run(tag, builds, tmp_path):
         assert "KeyError: '__version__'" in proc.stderr and 'PYTHON=python3.12 make install' in proc.stderr
         assert f'mmcv-2.1.0-{tag}-{tag}-*.whl' in proc.stderr and str(tmp_path) in proc.stderr
         assert 'use Python 3.10, 3.11 or 3.12' in proc.stderr
+        assert 'PYTHON=python3.13 make fork-env' in proc.stderr
 
 
 def test_compiler_wrappers_raise_the_standard(tmp_path):

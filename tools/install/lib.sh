@@ -53,6 +53,8 @@ require_mmcv_buildable() {
     if [ "${tag#cp3}" -ge 13 ]; then
         log "mmcv $MMCV_VERSION cannot be compiled on Python 3.${tag#cp3}: its setup.py reads __version__ through"
         log "  locals() after exec(), which Python 3.13 changed (PEP 667); the build would stop at KeyError: '__version__'."
+        log "  The OneDL fork stack builds there instead (onedl-mmcv 2.3.6 compiled on Python 3.13.0, 2026-12-02):"
+        log "  PYTHON=python3.13 make fork-env (docs/install.md)."
         die "use Python 3.10, 3.11 or 3.12 (e.g. PYTHON=python3.12 make install), or put a working" \
             "mmcv-$MMCV_VERSION-$tag-$tag-*.whl into a PIP_FIND_LINKS folder or $cache"
     fi
