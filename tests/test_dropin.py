@@ -100,6 +100,12 @@ def test_mmseg_visualizer_draws_a_toy_sample(tmp_path):
             assert share > 0.5, (TOY_SEG_CLASSES[cls], share)
 
 
+def upstream_mmseg() -> bool:
+    """Whether mmseg is OpenMMLab's ``mmsegmentation`` (not the OneDL fork's ``onedl-mmsegmentation``)."""
+    from mmdualvit.deps import installed
+    return 'mmsegmentation' in installed('mmseg')
+
+
 def test_our_seg_visualizer_draws_the_non_contiguous_images_mmseg_browse_dataset_passes(tmp_path):
     """mmseg's browse_dataset.py hands the visualizer a permuted, channel-reversed view; upstream mmseg 1.2's
     visualizer fails on it inside OpenCV (mmsegmentation#3405), mmdualvit.SegLocalVisualizer draws the same picture as
@@ -110,7 +116,6 @@ def test_our_seg_visualizer_draws_the_non_contiguous_images_mmseg_browse_dataset
     from mmseg.visualization import SegLocalVisualizer as MMSegVisualizer
 
     from mmdualvit.datasets import TOY_SEG_CLASSES, TOY_SEG_PALETTE, make_toy_ade
-    from mmdualvit.deps import installed
     from mmdualvit.registry import VISUALIZERS
     info = make_toy_ade(tmp_path / 'ade', num_train=1, num_val=0)
     bgr = cv2.imread(str(Path(info['train']['img_dir']) / '000001.png'))
@@ -130,7 +135,7 @@ def test_our_seg_visualizer_draws_the_non_contiguous_images_mmseg_browse_dataset
 
     upstream = MMSegVisualizer(name='upstream_vis')
     upstream.dataset_meta = meta
-    if 'mmsegmentation' in installed('mmseg'):  # upstream 1.2.x: the bug our visualizer exists for
+    if upstream_mmseg():  # upstream 1.2.x: the bug our visualizer exists for
         with pytest.raises(cv2.error, match='Layout of the output array'):
             upstream.add_datasample('toy', view, sample, draw_pred=False)
     else:  # the OneDL fork's mmseg draws the view itself
@@ -151,8 +156,7 @@ def package_tool(package: str, *parts: str) -> list:
     module = __import__(package)
     path = Path(module.__file__).parent / '.mim' / 'tools' / Path(*parts)
     assert path.is_file(), f'{package} ships no {path}'
-    from mmdualvit.deps import installed
-    if package == 'mmseg' and 'mmsegmentation' not in installed('mmseg'):
+    if package == 'mmseg' and not upstream_mmseg():
         return [sys.executable, '-c', RUN_AFTER_IMPORT, str(path)]
     return [sys.executable, str(path)]
 

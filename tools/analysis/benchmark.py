@@ -161,10 +161,7 @@ def _backbone(module, settings: Settings, autocast) -> Target:
         macs, params = complexity(module.eval(), (torch.rand(1, 3, *settings.shape), ))
     module.to(settings.device)
     images = torch.randn(settings.batch, 3, *settings.shape, device=settings.device)
-    with torch.no_grad():
-        outs = module(images)
-    grads = [torch.randn_like(out) for out in (outs if isinstance(outs, (tuple, list)) else (outs, ))]
-    del outs
+    grads = []  # drawn in the warm-up run from the outputs' shapes; every timed run sends back the same
 
     def infer():
         with torch.no_grad(), autocast:
@@ -173,8 +170,10 @@ def _backbone(module, settings: Settings, autocast) -> Target:
     def train():
         with autocast:
             outs = module(images)
-        outs = outs if isinstance(outs, (tuple, list)) else (outs, )
-        torch.autograd.backward([out.float() for out in outs], grads)
+        outs = [out.float() for out in (outs if isinstance(outs, (tuple, list)) else (outs, ))]
+        if not grads:
+            grads.extend(torch.randn_like(out) for out in outs)
+        torch.autograd.backward(outs, grads)
 
     return Target(module, params, macs, infer, train)
 
