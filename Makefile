@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmdualvit-installed
 REQS := requirements.txt $(wildcard requirements/*.txt) setup.py $(wildcard tools/install/*)
 
-.PHONY: install test demo gpu-check old-torch-env clean-venv
+.PHONY: install test test-quick demo gpu-check old-torch-env test-old-torch clean-venv
 
 install: $(STAMP)
 
@@ -16,9 +16,14 @@ $(STAMP): $(REQS)
 	VENV=$(VENV) bash tools/install/setup_env.sh
 	touch $(STAMP)
 
-# --durations: the log names the slowest tests, to keep the suite inside CI's time.
+# Test tiers (markers in pytest.ini): `make test` runs them all (what CI runs); `make test-quick` only the unmarked,
+# in-process tier for the inner loop. --durations: the log names the slowest tests, to keep the suite inside CI's time.
+QUICK := -m "not slow and not install"
 test: $(STAMP)
 	$(VPY) -m pytest tests --durations=25
+
+test-quick: $(STAMP)
+	$(VPY) -m pytest tests $(QUICK) --durations=10
 
 demo: $(STAMP)
 	$(VPY) tools/demo.py
@@ -27,11 +32,19 @@ demo: $(STAMP)
 gpu-check: $(STAMP)
 	$(VPY) dev/gpu_check.py
 
-# A second environment with an older torch and mmcv compiled against it, then the whole test suite there:
-#   make old-torch-env TORCH=2.1.2    (venv in .venv-torch2.1.2; not part of CI)
+# A second environment with the oldest torch we declare (torch 2.1.2, torchvision 0.16.2, numpy 1) and mmcv built
+# for it, in .venv-torch$(TORCH); `make test-old-torch` runs the quick tier there (CI does, with TORCH=2.1.2).
 TORCH ?= 2.1.2
-old-torch-env:
-	bash dev/old_torch_env.sh $(TORCH)
+OLD_VENV := .venv-torch$(TORCH)
+OLD_STAMP := $(OLD_VENV)/.mmdualvit-installed
+old-torch-env: $(OLD_STAMP)
+
+$(OLD_STAMP): $(REQS)
+	bash tools/install/old_torch_env.sh $(TORCH)
+	touch $(OLD_STAMP)
+
+test-old-torch: $(OLD_STAMP)
+	$(OLD_VENV)/bin/python -m pytest tests $(QUICK) --durations=10
 
 # The OneDL forks of OpenMMLab from PyPI (onedl-mmcv compiled against torch 2.10.0), then the whole test suite there:
 #   make fork-env    (venv in .venv-onedl; DRY_RUN=1 only resolves; not part of CI)

@@ -37,6 +37,9 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 OPSET = 18
+# torch.onnx.export has a `dynamo` switch from torch 2.5 on (later its default became True); before, it only had the
+# TorchScript exporter, which is the one we use.
+_TORCHSCRIPT_EXPORTER = dict(dynamo=False) if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
 # Largest measured max|onnxruntime - PyTorch| / max|PyTorch| (see compare_outputs), over every output of every model,
 # variant and input size tests/test_export.py exports, was 1.2e-5 (ATSS's centerness on a 1 x 2 level; 7e-6 for the
 # full-depth backbones with the official weights; docs/deployment.md). The check allows about 8x that; the errors it
@@ -210,7 +213,7 @@ def trace_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], dynamic: bool = F
         with exportable(wrapper), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # the tracer's notes on Python values frozen into the graph
             try:
-                torch.onnx.export(wrapper, (x, ), buffer, dynamo=False, opset_version=OPSET,
+                torch.onnx.export(wrapper, (x, ), buffer, opset_version=OPSET, **_TORCHSCRIPT_EXPORTER,
                                   input_names=['input'], output_names=names, dynamic_axes=dynamic_axes)
             except Exception as err:  # the exporter raises several types; all mean "this graph has no ONNX form"
                 raise ExportError(f'torch.onnx.export (opset {OPSET}) cannot export this {type(wrapper.model).__name__}'

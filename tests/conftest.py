@@ -1,8 +1,17 @@
-"""Test-suite setup: skip ``cuda`` tests without a GPU; shared fixtures (reference weights, a local HTTP server).
+"""Test-suite setup: skip ``cuda`` tests without a GPU; keep unmarked tests in-process; shared fixtures (reference
+weights, toy data sets, a local HTTP server).
 
 ``tests`` is a package, so shared helpers are imported as ``tests.utils`` and shadow no other ``utils`` module.
 """
+import os
+import subprocess
+import sys
+
 import pytest
+
+# Executables whose start makes a test ``slow`` or ``install`` (pytest.ini): shells and launchers, and any Python.
+# Helpers such as gcc or git, which libraries call to describe the environment, are not counted.
+_PROCESS_STARTERS = {'bash', 'sh', 'torchrun'}
 
 
 @pytest.fixture(scope='session')
@@ -53,3 +62,25 @@ def http_root(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_stay_in_process(request, monkeypatch):
+    """Fail a test without the ``slow`` or ``install`` marker that starts a Python, shell or torchrun process: such
+    runs take seconds each, and the quick tier (``make test-quick``) is the unmarked tests."""
+    if request.node.get_closest_marker('slow') or request.node.get_closest_marker('install'):
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded_init(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        command = str(argv[0]).split()[0] if argv and str(argv[0]).strip() else ''
+        program = os.path.basename(command)
+        python = program.startswith('python') or os.path.realpath(command) == os.path.realpath(sys.executable)
+        if program in _PROCESS_STARTERS or python:
+            pytest.fail(f'{request.node.nodeid} starts a process ({" ".join(map(str, argv))[:200]}): mark it '
+                        f'@pytest.mark.slow (or install, for the installer), or call the code in-process.',
+                        pytrace=False)
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, '__init__', guarded_init)

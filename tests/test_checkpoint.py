@@ -130,6 +130,7 @@ def test_query_from_384_training_loads_and_runs(tmp_path, dualvit_s_sd):
         assert outputs(model, size)[0].shape[-2:] == (size[0] // 4, size[1] // 4)
 
 
+@pytest.mark.slow
 def test_load_log_is_one_line(tmp_path, dualvit_s_sd):
     torch.save(dualvit_s_sd, tmp_path / 'dualvit_s.pth')
     code = ('from mmdualvit.models import DualViT; from mmdualvit.checkpoint import load_pretrained; '
@@ -253,6 +254,7 @@ def test_malicious_pickle_executes_nothing(tmp_path):
 # ------------------------------------------------------------------------------------------------ converters CLI
 @pytest.mark.parametrize('tool,name,fmt', [('dualvit2mmdualvit.py', 'dualvit_s', 'official'),
                                            ('sequencer2mmdualvit.py', 'sequencer2d_s', 'timm')])
+@pytest.mark.slow
 def test_converter_cli(tmp_path, tool, name, fmt):
     sd = official(name)
     src = tmp_path / 'src.pth'

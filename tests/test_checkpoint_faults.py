@@ -38,6 +38,7 @@ def run_python(code: str, timeout: float = 120, **env):
 
 
 # ------------------------------------------------------------------------------------------------ special files
+@pytest.mark.slow
 def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / 'weights.pth'
     os.mkfifo(fifo)
@@ -144,6 +145,7 @@ def test_converter_refuses_values_that_are_not_weights(tmp_path, tiny_sd, capsys
 
 
 # ------------------------------------------------------------------------------------------------ trust by flag only
+@pytest.mark.slow
 def test_environment_variable_does_not_turn_trust_on(tmp_path):
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (a common global work-around) must not unpickle code in our paths."""
     marker = tmp_path / 'pwned'
@@ -244,6 +246,7 @@ def test_a_server_that_streams_forever_hits_the_size_limit(monkeypatch):
             read_checkpoint(f'{url}/w.pth')
 
 
+@pytest.mark.slow
 def test_download_limits_come_from_the_environment():
     code = 'from mmdualvit import checkpoint as c; print(c.DOWNLOAD_TIMEOUT, c.DOWNLOAD_LIMIT_MB)'
     rc, out = run_python(code, MMDUALVIT_DOWNLOAD_TIMEOUT='7', MMDUALVIT_DOWNLOAD_LIMIT_MB='9')

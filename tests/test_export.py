@@ -28,6 +28,13 @@ from mmdualvit.models import DualViT, Sequencer2D  # noqa: E402
 from mmdualvit.models.backbones.resample import antialias_matrix, resample_bilinear  # noqa: E402
 from tests.utils import load_reference_weights  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _seeded_weights():
+    """Randomly initialised models are the same on every run: an unseeded ATSS failed the onnxruntime check about
+    once in six runs (centerness of the 1x2 P7 map, whose largest magnitude, the check's scale, is then tiny)."""
+    torch.manual_seed(0)
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
 

@@ -25,6 +25,7 @@ def _bash(script, **env):
                           env=dict(os.environ, **env))
 
 
+@pytest.mark.install
 def test_build_key_names_interpreter_torch_and_flavour():
     proc = _bash(f'mmcv_build_facts "{sys.executable}"', FORCE_CUDA='0')
     assert proc.returncode == 0, proc.stderr
@@ -37,6 +38,7 @@ def test_build_key_names_interpreter_torch_and_flavour():
     assert cxx20 == str(int(tuple(map(int, torch.__version__.split('.')[:2])) >= (2, 10)))
 
 
+@pytest.mark.install
 def test_force_cuda_selects_the_cuda_flavour():
     proc = _bash(f'mmcv_build_facts "{sys.executable}"', FORCE_CUDA='1')
     if torch.version.cuda is None:
@@ -49,6 +51,7 @@ def test_force_cuda_selects_the_cuda_flavour():
 @pytest.mark.parametrize('version, lock', [('3.10', 'constraints-py310.txt'), ('3.11', 'constraints.txt'),
                                            ('3.12', 'constraints.txt'), ('3.13', 'constraints.txt'),
                                            ('3.9', None), ('3.14', None)])
+@pytest.mark.install
 def test_each_supported_python_gets_a_lock_and_others_are_refused(version, lock):
     """3.10 has its own lock (several pins of constraints.txt have no 3.10 release); 3.13 gets constraints.txt and is
     stopped later, before compiling mmcv (test_no_mmcv_compile_where_its_setup_py_cannot_run); 3.9 and 3.14 stop
@@ -82,6 +85,7 @@ def test_python_310_lock_keeps_the_stack_and_pins_everything():
 
 
 @pytest.mark.parametrize('tag, builds', [('cp310', True), ('cp312', True), ('cp313', False), ('cp314', False)])
+@pytest.mark.install
 def test_no_mmcv_compile_where_its_setup_py_cannot_run(tag, builds, tmp_path):
     proc = _bash(f'require_mmcv_buildable {tag} "{tmp_path}"; echo compiling')
     if builds:
@@ -94,6 +98,7 @@ def test_no_mmcv_compile_where_its_setup_py_cannot_run(tag, builds, tmp_path):
         assert 'PYTHON=python3.13 make fork-env' in proc.stderr
 
 
+@pytest.mark.install
 def test_compiler_wrappers_raise_the_standard(tmp_path):
     proc = _bash(f'use_cxx20_wrappers "{tmp_path}" /bin/echo; '
                  '"$PYTORCH_NVCC" -c a.cu -std=c++17 -Xcompiler -std=c++14 "-DX=a b"; echo "$CXX"')
@@ -104,6 +109,7 @@ def test_compiler_wrappers_raise_the_standard(tmp_path):
 
 
 @pytest.mark.parametrize('flavour', ['cu999', 'cpu'])
+@pytest.mark.install
 def test_check_env_accepts_only_the_flavour_mmcv_was_built_for(flavour):
     from mmcv.ops import get_compiling_cuda_version
     built = get_compiling_cuda_version()
@@ -204,6 +210,7 @@ def _isolated_pip_env():
 
 
 @pytest.mark.parametrize('env', ['onedl', 'upstream'])
+@pytest.mark.install
 def test_pip_install_into_an_openmmlab_environment_adds_only_mmdualvit(env, mmdualvit_wheel, tmp_path):
     """pip resolves `pip install mmdualvit` against a scratch venv holding the fork's (or upstream's) distributions
     and our runtime requirements: it installs mmdualvit and nothing else (no index: it could not fetch anything)."""
@@ -293,6 +300,7 @@ def test_import_check_warns_about_releases_outside_the_ranges(tmp_path):
         '(OpenMMLab) or onedl-mmdetection>=3.5,<3.6 (OneDL fork)).']
 
 
+@pytest.mark.install
 def test_import_of_mmdualvit_warns_with_fake_metadata(tmp_path):
     """The check runs when mmdualvit is imported: metadata saying mmcv 2.2.0 (onedl-mmcv 2.4.0 in a fork
     environment) ahead of the real one on sys.path."""

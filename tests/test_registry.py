@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.install
 def test_import_does_not_pull_in_mmdet_or_mmseg():
     code = ('import sys, mmdualvit; print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("mmdet", "mmseg", "mmpretrain")))')

@@ -209,6 +209,7 @@ def test_written_files_get_the_mode_of_a_normal_write(tmp_path, umask):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     """The writer is stopped *inside* the atomic write of iter_4.pth (data written, not yet renamed) and killed."""
     work = tmp_path / 'work'
@@ -238,6 +239,7 @@ def crafted(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_crafted_file_crashes_a_loader_that_allows_numpy_dtypes(crafted, tmp_path):
     """The file is the real attack: with numpy's dtype classes allow-listed (as mmdualvit once did) the loading
     process dies of a signal when the array is freed. torch < 2.4 has no allow-list: there the control is a full

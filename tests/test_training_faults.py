@@ -220,6 +220,7 @@ def test_a_zero_byte_newest_checkpoint_falls_back_to_the_previous_one(trained, r
 
 
 # ----------------------------------------------------------------------------------------------- one writer
+@pytest.mark.slow
 def test_a_second_training_and_a_test_run_leave_a_writing_training_alone(tmp_path):
     """A training is held inside the write of iter_4.pth; meanwhile a test run in its work dir deletes nothing and a
     second training is refused by the lock; released, the first training completes every checkpoint."""
@@ -248,6 +249,7 @@ def test_a_second_training_and_a_test_run_leave_a_writing_training_alone(tmp_pat
 
 
 @pytest.mark.parametrize('holder', ['dead process', 'reused pid', 'live process', 'other machine', 'unreadable'])
+@pytest.mark.slow
 def test_the_work_dir_lock(tmp_path, sleeper, holder):
     work = tmp_path / 'work'
     work.mkdir()
@@ -283,6 +285,7 @@ def temporary(work: Path, host: str, pid: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_clean_up_removes_only_temporaries_of_writers_that_are_gone(trained, sleeper):
     live = temporary(trained, _HOST_TAG, sleeper.pid)
     foreign = temporary(trained, 'f' * 8 if _HOST_TAG != 'f' * 8 else 'e' * 8, sleeper.pid)
@@ -298,6 +301,7 @@ def test_clean_up_removes_only_temporaries_of_writers_that_are_gone(trained, sle
     assert remove_stale_temporaries(trained) == [str(live)]
 
 
+@pytest.mark.slow
 def test_test_runs_take_no_lock_and_delete_nothing(trained):
     dead = temporary(trained, _HOST_TAG, dead_pid())
     before = snapshot(trained)
@@ -365,6 +369,7 @@ def torchrun(work: Path, **kwargs) -> tuple:
     return proc.returncode, [path.read_text() if path.exists() else proc.stderr[-3000:] for path in outcomes]
 
 
+@pytest.mark.slow
 def test_every_rank_stops_when_rank_0_refuses_the_work_dir(trained):
     rc, ranks = torchrun(trained, max_iters=6)
     assert rc != 0 and len(ranks) == 2, ranks
@@ -373,6 +378,7 @@ def test_every_rank_stops_when_rank_0_refuses_the_work_dir(trained):
 
 
 @pytest.mark.parametrize('max_skips', [0, 1])
+@pytest.mark.slow
 def test_a_nan_loss_on_one_rank_stops_or_skips_on_every_rank(tmp_path, max_skips):
     work = tmp_path / 'work'
     rc, ranks = torchrun(work, max_iters=6, nan_at_rank_1=[3],
@@ -402,6 +408,7 @@ build_runner(work, max_iters=6, resume=True, load_from=f"{work}/far.pth").train(
 '''
 
 
+@pytest.mark.slow
 def test_resume_beyond_the_configured_end_is_an_error_not_a_long_fast_forward(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
     try:

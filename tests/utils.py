@@ -116,22 +116,19 @@ REPO = Path(__file__).resolve().parents[1]
 def official_dualvit_file(path: Path, checkpoint: dict) -> Path:
     """Save ``checkpoint`` as the authors' Dual-ViT ``.pth.tar`` (with its pickled ``argparse.Namespace``) at
     ``path`` and return the file a user then loads: the file itself, or on torch < 2.4 (README: "Old torch") the
-    output of the one-off conversion with ``--trust-checkpoint`` (here through its alias ``--trust-pickle``), after
-    checking that the file is refused with that advice."""
-    import subprocess
-    import sys
-
+    output of the one-off conversion with ``--trust-checkpoint`` (here through its alias ``--trust-pickle``; the
+    converter's command line, called in-process), after checking that the file is refused with that advice."""
     import pytest
 
-    from mmdualvit.checkpoint import CheckpointError, read_checkpoint
+    from mmdualvit.checkpoint import CheckpointError, converter_cli, read_checkpoint
+    from mmdualvit.models import DualViT
     torch.save(checkpoint, path)
     if NAMESPACE_ALLOWED:
         return path
     with pytest.raises(CheckpointError, match=r'needs argparse\.Namespace to unpickle.*--trust-checkpoint'):
         read_checkpoint(str(path))
     converted = path.with_name(path.name + '.converted.pth')
-    subprocess.run([sys.executable, str(REPO / 'tools' / 'model_converters' / 'dualvit2mmdualvit.py'),
-                    '--trust-pickle', str(path), str(converted)], check=True, capture_output=True)
+    converter_cli(DualViT, 'convert', ['--trust-pickle', str(path), str(converted)])
     return converted
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from mmengine.utils import digit_version
 
 
 def checkpointed(module: nn.Module, with_cp: bool, *args):
@@ -13,6 +14,25 @@ def checkpointed(module: nn.Module, with_cp: bool, *args):
     if with_cp and torch.is_grad_enabled() and any(a.requires_grad for a in args if torch.is_tensor(a)):
         return cp.checkpoint(module, *args, use_reentrant=False)
     return module(*args)
+
+
+# torch.is_autocast_enabled takes a device type from torch 2.4 on.
+_AUTOCAST_TAKES_DEVICE = digit_version(torch.__version__) >= digit_version('2.4.0')
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` ('cpu', 'cuda', ...), on every supported torch.
+
+    ``torch.is_autocast_enabled(device_type)`` exists from torch 2.4; before, the argument-less form answers for
+    CUDA only (``TypeError`` when given one) and each other device has its own ``is_autocast_<device>_enabled``.
+    """
+    if _AUTOCAST_TAKES_DEVICE:
+        # devices without autocast (e.g. 'meta', which FLOP counting uses) raise instead of answering False
+        return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if device_type == 'cuda':
+        return torch.is_autocast_enabled()
+    query = getattr(torch, f'is_autocast_{device_type}_enabled', None)
+    return bool(query()) if query is not None else False
 
 
 def compile_backbone(model: nn.Module, **compile_kwargs) -> nn.Module:

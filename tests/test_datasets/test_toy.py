@@ -160,6 +160,7 @@ def test_image_size_and_argument_checks(tmp_path):
         make_toy_coco(tmp_path / 'e', seed=-1)
 
 
+@pytest.mark.slow
 def test_command_line_module(tmp_path):
     """``python -m mmdualvit.datasets.toy`` (what an installed package offers) writes both sets where configs look."""
     import subprocess

@@ -41,3 +41,13 @@ def test_bfloat16_training_step_of_toy_detector():
     losses = model.train_step(batch, wrapper)
     assert all(torch.isfinite(v) for v in losses.values())
     assert not torch.equal(before, model.backbone.q)
+
+
+def test_autocast_enabled_follows_torch_autocast():
+    """The backbones' autocast query works on every supported torch (torch < 2.4's takes no device type) and
+    answers per device."""
+    from mmdualvit.models.utils import autocast_enabled
+    assert not autocast_enabled('cpu') and not autocast_enabled('cuda')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert autocast_enabled('cpu') and not autocast_enabled('cuda')
+    assert not autocast_enabled('cpu')

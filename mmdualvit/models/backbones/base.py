@@ -16,7 +16,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import init_weights_strictly, split_init_cfg
-from ..utils import ConvertsCheckpoints
+from ..utils import ConvertsCheckpoints, autocast_enabled
 
 Frozen = Union[nn.Module, nn.Parameter]
 
@@ -178,7 +178,7 @@ class BaseBackbone(ConvertsCheckpoints, BaseModule):
                             f'normalise it first (x.float(), then subtract the mean and divide by the std, as the '
                             f"data preprocessor of mmdet/mmseg/mmpretrain configs does).")
         weight_dtype = next(self.parameters()).dtype
-        if torch.is_autocast_enabled(x.device.type):
+        if autocast_enabled(x.device.type):
             if x.dtype == torch.float64:
                 raise TypeError(f'{self._name}: a float64 input cannot run under autocast; pass x.float().')
         elif x.dtype != weight_dtype:
