@@ -18,12 +18,16 @@ $(STAMP): $(REQS)
 
 # Test tiers (markers in pytest.ini): `make test` runs them all (what CI runs); `make test-quick` only the unmarked,
 # in-process tier for the inner loop. --durations: the log names the slowest tests, to keep the suite inside CI's time.
+# TEST_WORKERS: pytest-xdist processes (2 for CI's 2 cores; 0 runs in this process); --dist loadscope keeps each
+# module on one worker, so a module's shared fixtures (a trained toy model ...) are built once.
 QUICK := -m "not slow and not install"
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadscope
 test: $(STAMP)
-	$(VPY) -m pytest tests --durations=25
+	$(VPY) -m pytest tests $(XDIST) --durations=25
 
 test-quick: $(STAMP)
-	$(VPY) -m pytest tests $(QUICK) --durations=10
+	$(VPY) -m pytest tests $(QUICK) $(XDIST) --durations=10
 
 demo: $(STAMP)
 	$(VPY) tools/demo.py
@@ -44,7 +48,7 @@ $(OLD_STAMP): $(REQS)
 	touch $(OLD_STAMP)
 
 test-old-torch: $(OLD_STAMP)
-	$(OLD_VENV)/bin/python -m pytest tests $(QUICK) --durations=10
+	$(OLD_VENV)/bin/python -m pytest tests $(QUICK) $(XDIST) --durations=10
 
 # The OneDL forks of OpenMMLab from PyPI (onedl-mmcv compiled against torch 2.10.0), then the whole test suite there:
 #   make fork-env    (venv in .venv-onedl; DRY_RUN=1 only resolves; not part of CI)

@@ -13,7 +13,8 @@ What is exported (the graph's input is the preprocessed, padded NCHW float tenso
 - an mmseg encoder-decoder: the decode head's logits at its own stride (``seg_logits``).
 - an mmpretrain classifier: the head's logits (``logits``).
 
-The TorchScript exporter (``dynamo=False``) is used at opset 18. The dynamo exporter needs the extra package
+The TorchScript exporter (``dynamo=False``) is used at opset 18 (17 on a torch whose exporter cannot write opset
+18, see :func:`export_opset`). The dynamo exporter needs the extra package
 ``onnxscript``, and issue 23 found it failing on Dual-ViT and writing wrong Sequencer2D graphs (see
 :mod:`mmdualvit.models.backbones.resample`). Adaptive average
 pooling (UperNet's pyramid pooling) is exported as two matrix products (:class:`MatMulAdaptiveAvgPool2d`). The
@@ -22,6 +23,7 @@ with PyTorch; :func:`export_onnx` writes the file only if no output differs by m
 raises :class:`ExportError` otherwise.
 """
 import contextlib
+import functools
 import inspect
 import io
 import logging
@@ -40,6 +42,30 @@ OPSET = 18
 # torch.onnx.export has a `dynamo` switch from torch 2.5 on (later its default became True); before, it only had the
 # TorchScript exporter, which is the one we use.
 _TORCHSCRIPT_EXPORTER = dict(dynamo=False) if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
+
+
+class _Mean(nn.Module):
+
+    def forward(self, x):
+        return x.mean(dim=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def export_opset() -> int:
+    """:data:`OPSET`, or 17 where torch's exporter writes opset-18 graphs that ONNX's checker refuses.
+
+    Older TorchScript exporters (torch 2.1 here) emit reductions at opset 18 in their opset-13 form, with ``axes`` as
+    an attribute ("Unrecognized attribute: axes for operator ReduceMean", pytorch/pytorch#104190); every backbone
+    averages somewhere. One tiny export, once per process, tells which case this torch is.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(_Mean(), (torch.zeros(1, 2), ), io.BytesIO(), opset_version=OPSET,
+                              **_TORCHSCRIPT_EXPORTER)
+    except Exception:  # torch.onnx.errors.CheckerError, whose module path differs between torch releases
+        return 17
+    return OPSET
 # Largest measured max|onnxruntime - PyTorch| / max|PyTorch| (see compare_outputs), over every output of every model,
 # variant and input size tests/test_export.py exports, was 1.2e-5 (ATSS's centerness on a 1 x 2 level; 7e-6 for the
 # full-depth backbones with the official weights; docs/deployment.md). The check allows about 8x that; the errors it
@@ -213,10 +239,10 @@ def trace_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], dynamic: bool = F
         with exportable(wrapper), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # the tracer's notes on Python values frozen into the graph
             try:
-                torch.onnx.export(wrapper, (x, ), buffer, opset_version=OPSET, **_TORCHSCRIPT_EXPORTER,
+                torch.onnx.export(wrapper, (x, ), buffer, opset_version=export_opset(), **_TORCHSCRIPT_EXPORTER,
                                   input_names=['input'], output_names=names, dynamic_axes=dynamic_axes)
             except Exception as err:  # the exporter raises several types; all mean "this graph has no ONNX form"
-                raise ExportError(f'torch.onnx.export (opset {OPSET}) cannot export this {type(wrapper.model).__name__}'
+                raise ExportError(f'torch.onnx.export (opset {export_opset()}) cannot export this {type(wrapper.model).__name__}'
                                   f' ({wrapper.kind}): {type(err).__name__}: {str(err).splitlines()[0]}') from err
     return buffer.getvalue(), x
 

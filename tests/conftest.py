@@ -32,6 +32,15 @@ def reference_weights():
     return get
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), one torch thread per worker, also in the processes the
+    tests start: two workers with two threads each on a 2-core machine would oversubscribe it."""
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        import torch
+        os.environ['OMP_NUM_THREADS'] = '1'
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``cuda``-marked tests on machines without a CUDA device, saying how to run them."""
     import torch
