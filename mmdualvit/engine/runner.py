@@ -45,7 +45,9 @@ class StrictRunner(Runner):
     - files are read with :func:`mmdualvit.checkpoint.read_checkpoint`, with ``weights_only=True`` (on torch < 2.6
       too, whose default is ``False``) unless the config sets ``trust_checkpoint=True`` (``--trust-checkpoint``);
     - ``resume=True`` without a file: uses ``last_checkpoint``; when it is missing, empty, or points to an unreadable
-      file, resumes from the newest *readable* ``iter_N.pth`` / ``epoch_N.pth`` in the work dir and says which;
+      file, resumes from the newest *readable* ``iter_N.pth`` / ``epoch_N.pth`` in the work dir and says which; when
+      a newer readable checkpoint was written after ``last_checkpoint`` (a run killed between the two writes), from
+      that one;
       starts from scratch only when the work dir holds no checkpoint at all;
     - a resumed iteration (epoch) beyond ``max_iters`` (``max_epochs``) is an error, and optimizer settings of the
       config that the checkpoint replaces (e.g. the learning rate) are named in a warning.
@@ -175,6 +177,9 @@ class StrictRunner(Runner):
             if not recorded:
                 problem = f'{record} is empty'
             else:
+                stale_from = self._written_after(record, recorded, candidates)
+                if stale_from:
+                    return stale_from
                 try:
                     self._prefetched = (recorded, self._read(recorded))
                     self.logger.info(f'--resume: resuming from {recorded} (named in {record}).')
@@ -199,6 +204,30 @@ class StrictRunner(Runner):
         raise CheckpointError(f'--resume: {problem}, and no readable iter_N.pth / epoch_N.pth in {work_dir} '
                               f'({len(self._unreadable)} unreadable). Pass the checkpoint to resume from explicitly '
                               '(--resume PATH), or drop --resume to start from scratch in a new work dir.')
+
+    def _written_after(self, record: str, recorded: str, candidates: List[str]) -> Optional[str]:
+        """The newest readable checkpoint of ``candidates`` that is newer than ``recorded`` (the file ``record``
+        names) *and was written after* ``record``: the checkpoint hook writes a checkpoint before it updates
+        ``last_checkpoint``, so a run killed in between leaves the pointer one save behind. A pointer written after
+        the newer files (edited by hand, say) is left to :meth:`_check_work_dir`, which refuses to overwrite them."""
+        if osp.abspath(recorded) not in [osp.abspath(c) for c in candidates]:
+            return None
+        pointer_time = os.stat(record).st_mtime_ns
+        newer = candidates[:[osp.abspath(c) for c in candidates].index(osp.abspath(recorded))]
+        for path in newer:
+            if os.stat(path).st_mtime_ns <= pointer_time:
+                continue
+            try:
+                self._prefetched = (path, self._read(path))
+            except CheckpointError as error:
+                self._unreadable.append(path)
+                self.logger.warning(f'--resume: skipping {path}: {error}')
+                continue
+            self.logger.warning(f'--resume: {record} names {recorded}, but {path} is newer and was written after it '
+                                f'(the last run stopped between saving {osp.basename(path)} and updating {record}); '
+                                f'resuming from {path}.')
+            return path
+        return None
 
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,
                map_location: Union[str, Callable] = 'default') -> None:
