@@ -16,17 +16,20 @@ from tests.utils import REPO, fast_train_options, free_port, run_tool
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 TRAIN, TEST = [sys.executable, REPO / 'tools/train.py'], [sys.executable, REPO / 'tools/test.py']
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the module: its tests share the trained toy model of the `trained` fixture.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('test_tools')]
 
 
-@pytest.fixture(scope='module')
+# Session scope: under pytest-xdist a worker may run other modules' tests between these, which would end a module
+# scope and train the toy model again.
+@pytest.fixture(scope='session')
 def toy_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy')
     make_toy_coco(root / 'data' / 'toy_coco', num_train=8, num_val=4, image_size=(96, 96), seed=1)
     return root
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def trained(toy_root):
     """4 iterations with checkpoints at 2 and 4, then --resume to 6."""
     work = toy_root / 'work'
