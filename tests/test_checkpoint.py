@@ -5,7 +5,6 @@ import os
 import re
 import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,8 @@ from safetensors.torch import save_file
 
 from mmdualvit.checkpoint import CheckpointError, extract_state_dict, load_pretrained, read_checkpoint
 from mmdualvit.models import DualViT, Sequencer2D
-from tests.utils import make_state_dict, official_dualvit_file, run_tool
+from tests.utils import REPO, make_state_dict, official_dualvit_file, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / 'tests' / 'data'
 
 

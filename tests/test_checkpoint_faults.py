@@ -7,7 +7,6 @@ import sys
 import threading
 import zipfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,8 @@ from mmdualvit import checkpoint
 from mmdualvit.checkpoint import CheckpointError, converter_cli, load_pretrained, read_checkpoint
 from mmdualvit.models import DualViT
 from tests.toy_runner import build_runner
-from tests.utils import run_tool
+from tests.utils import REPO, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(stem_hidden_dim=8, embed_dims=[16, 32, 32, 48], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 3],
             mlp_ratios=[2, 2, 2, 2])
 

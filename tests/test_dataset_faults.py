@@ -14,8 +14,8 @@ from mmengine.registry import init_default_scope
 
 import mmdualvit  # noqa: F401  (registry nodes)
 from mmdualvit.datasets import make_toy_coco
+from tests.utils import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 NAN = float('nan')
 

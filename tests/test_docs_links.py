@@ -6,7 +6,8 @@ from typing import List, Tuple
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.utils import REPO
+
 PAGES = sorted([REPO / 'README.md', REPO / 'CHANGELOG.md', *(REPO / 'docs').glob('*.md')])
 
 FENCE = re.compile(r'^\s*(```|~~~)')

@@ -11,9 +11,8 @@ import pytest
 import yaml
 from mmengine.config import Config
 
-from tests.utils import fast_train_options, run_tool
+from tests.utils import REPO, fast_train_options, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
 DROPIN = CONFIGS / 'dropin.yml'  # the one list of files to copy per family (docs/configs.md is generated from it)
 

@@ -5,11 +5,9 @@ layout, fewer blocks), Dual-ViT-S and Sequencer2D-S once at full depth with the 
 systems with reduced-depth backbones and 64-channel necks and heads. Shapes are small; a graph that does not match
 is never written. Skipped, saying so, where onnx or onnxruntime is not installed.
 """
-import importlib.util
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +24,7 @@ from mmdualvit.deployment import (TOLERANCE, ExportError, ExportWrapper, MatMulA
                                   verify_onnx)
 from mmdualvit.models import DualViT, Sequencer2D  # noqa: E402
 from mmdualvit.models.backbones.resample import antialias_matrix, resample_bilinear  # noqa: E402
-from tests.utils import load_reference_weights  # noqa: E402
+from tests.utils import REPO, load_module, load_reference_weights  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +33,6 @@ def _seeded_weights():
     once in six runs (centerness of the 1x2 P7 map, whose largest magnitude, the check's scale, is then tiny)."""
     torch.manual_seed(0)
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
 
 
@@ -251,10 +248,7 @@ def _tool(*args):
 @pytest.fixture(scope='module')
 def tool_main():
     """The tool's ``main(argv)``, run in this process (the fast way to test its arguments and refusals)."""
-    spec = importlib.util.spec_from_file_location('export_onnx_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_module(TOOL, 'export_onnx_tool').main
 
 
 def _small_config(tmp_path, config, arch):

@@ -1,5 +1,4 @@
 """tools/infer.py on a real photograph (matplotlib's sample data): the written files, and the refusals."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,15 +14,13 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import mmdualvit  # noqa: F401  (registers our backbones)
+from tests.utils import REPO, load_module
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTO = Path(matplotlib.get_data_path()) / 'sample_data' / 'grace_hopper.jpg'  # 512 x 600, RGB
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 TOY_SEG = REPO / 'configs' / 'toy' / 'upernet_dualvit_toy.py'
 
-_spec = importlib.util.spec_from_file_location('mmdualvit_tools_infer', REPO / 'tools' / 'infer.py')
-infer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(infer)
+infer = load_module(REPO / 'tools' / 'infer.py', 'mmdualvit_tools_infer')
 
 
 def run_infer(*args):

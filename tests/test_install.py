@@ -15,9 +15,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from mmdualvit.deps import ONEDL, SUPPORTED, UPSTREAM
+from tests.utils import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-LIB = ROOT / 'tools' / 'install' / 'lib.sh'
+LIB = REPO / 'tools' / 'install' / 'lib.sh'
 
 
 def _bash(script, **env):
@@ -56,9 +56,9 @@ def test_each_supported_python_gets_a_lock_and_others_are_refused(version, lock)
     """3.10 has its own lock (several pins of constraints.txt have no 3.10 release); 3.13 gets constraints.txt and is
     stopped later, before compiling mmcv (test_no_mmcv_compile_where_its_setup_py_cannot_run); 3.9 and 3.14 stop
     before anything is installed."""
-    proc = _bash(f'default_constraints {version} "{ROOT}"; echo installing')
+    proc = _bash(f'default_constraints {version} "{REPO}"; echo installing')
     if lock:
-        assert proc.returncode == 0 and proc.stdout == f'{ROOT}/requirements/{lock}\ninstalling\n', proc.stderr
+        assert proc.returncode == 0 and proc.stdout == f'{REPO}/requirements/{lock}\ninstalling\n', proc.stderr
     else:
         assert proc.returncode != 0 and 'installing' not in proc.stdout
         assert f'Python {version} is not supported: use Python 3.10, 3.11 or 3.12' in proc.stderr
@@ -66,7 +66,7 @@ def test_each_supported_python_gets_a_lock_and_others_are_refused(version, lock)
 
 
 def _locked(name):
-    lines = (ROOT / 'requirements' / name).read_text().splitlines()
+    lines = (REPO / 'requirements' / name).read_text().splitlines()
     return dict(line.split('==', 1) for line in lines if '==' in line and not line.startswith('#'))
 
 
@@ -114,7 +114,7 @@ def test_check_env_accepts_only_the_flavour_mmcv_was_built_for(flavour):
     from mmcv.ops import get_compiling_cuda_version
     built = get_compiling_cuda_version()
     built = 'cpu' if built == 'not available' else 'cu' + built.replace('.', '')
-    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'install' / 'check_env.py'), '--ops-only',
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'install' / 'check_env.py'), '--ops-only',
                            '--flavour', flavour], capture_output=True, text=True)
     if flavour == built:
         assert proc.returncode == 0 and 'ok: mmcv ops' in proc.stdout, proc.stderr
@@ -129,7 +129,7 @@ def _setup_kwargs():
     original = setuptools.setup
     setuptools.setup = lambda **kwargs: captured.update(kwargs)
     try:
-        runpy.run_path(str(ROOT / 'setup.py'), run_name='setup')
+        runpy.run_path(str(REPO / 'setup.py'), run_name='setup')
     finally:
         setuptools.setup = original
     return captured
@@ -161,7 +161,7 @@ def test_openmmlab_extra_ranges_admit_older_stacks():
 
 @pytest.mark.parametrize('stack, name', [(UPSTREAM, 'mminstall.txt'), (ONEDL, 'mminstall-onedl.txt')])
 def test_mminstall_files_hold_the_ranges_checked_at_import(stack, name):
-    lines = [ln for ln in (ROOT / 'requirements' / name).read_text().splitlines() if ln and not ln.startswith('#')]
+    lines = [ln for ln in (REPO / 'requirements' / name).read_text().splitlines() if ln and not ln.startswith('#')]
     in_file = {Requirement(line).name: str(Requirement(line).specifier) for line in lines}
     checked = {dist: str(SpecifierSet(spec)) for dists in SUPPORTED.values()
                for dist, (of, spec) in dists.items() if of == stack}
@@ -193,9 +193,9 @@ def mmdualvit_wheel(tmp_path_factory):
     """A wheel of this checkout, built from a copy (a build in place would leave build/ in the worktree)."""
     src, out = tmp_path_factory.mktemp('src'), tmp_path_factory.mktemp('wheel')
     for name in ('setup.py', 'README.md'):
-        shutil.copy(ROOT / name, src)
+        shutil.copy(REPO / name, src)
     for name in ('requirements', 'mmdualvit'):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns('__pycache__'))
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns('__pycache__'))
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '--no-index',
                     '-w', str(out), str(src)], check=True, env=_isolated_pip_env(), capture_output=True)
     wheel, = out.glob('mmdualvit-*.whl')
@@ -310,7 +310,7 @@ def test_import_of_mmdualvit_warns_with_fake_metadata(tmp_path):
                            else ('mmcv', '2.2.0', '>=2.0.0,<2.2.0'))
     fake_distributions(tmp_path, [(dist, version)])
     proc = subprocess.run([sys.executable, '-c', 'import mmdualvit'], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=f'{tmp_path}:{ROOT}'))
+                          env=dict(os.environ, PYTHONPATH=f'{tmp_path}:{REPO}'))
     assert proc.returncode == 0, proc.stderr
     assert (f'DependencyWarning: {dist} {version} is installed, but mmdualvit supports mmcv>=2.0.0,<2.2.0 '
             '(OpenMMLab) or onedl-mmcv>=2.3.0,<2.4.0 (OneDL fork). Fix: pip install --no-build-isolation '

@@ -1,7 +1,6 @@
 """configs/metafile.yml, the OpenMMLab model index: complete, readable by OpenMMLab's tooling, true to the configs, its
 parameters and FLOPs what tools/analysis/get_flops.py measures; the generated Markdown tables equal what it gives."""
 import copy
-import importlib.util
 import json
 import re
 import sys
@@ -11,20 +10,14 @@ import pytest
 import yaml
 from mmengine.config import Config
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.utils import REPO, load_module
+
 METAFILE = REPO / 'configs' / 'metafile.yml'
 META = yaml.safe_load(METAFILE.read_text(encoding='utf-8'))
 MODELS = META['Models']
 SCOPE_DATA = {'mmdet': 'COCO', 'mmseg': 'ADE20K', 'mmpretrain': 'ImageNet-1k'}
 BACKBONES = {'Dual-ViT': 'mmdualvit.DualViT', 'Sequencer2D': 'mmdualvit.Sequencer2D'}
 GPUS = 8  # every official run used 8 GPUs; the metafile's Batch Size is the total
-
-
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model_id(model) -> str:

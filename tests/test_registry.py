@@ -6,12 +6,12 @@ tests/test_configs.py (mmdet, mmseg) and tests/test_models/test_classifiers.py (
 """
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.utils import REPO
+
 
 
 @pytest.mark.install

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from tests.toy_runner import build_runner, start_paused_writer
-from tests.utils import run_tool
+from tests.utils import REPO, run_tool
 
 from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.fileio import TMP_SUFFIX, remove_stale_temporaries
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def log_of(runner) -> str:

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
-from tests.utils import run_tool
+from tests.utils import REPO, run_tool
 
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import _HOST_TAG, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError, remove_stale_temporaries
 
-REPO = Path(__file__).resolve().parents[1]
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 FAST = ['train_cfg.val_interval=1000', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=2',
         'train_dataloader.batch_size=2']

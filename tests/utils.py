@@ -8,17 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA_DIR = Path(__file__).resolve().parent / 'data'
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / 'tests' / 'data'
 
 
-def _import_refweights():
-    spec = importlib.util.spec_from_file_location('mmdualvit_tests_refweights', DATA_DIR / 'refweights.py')
+def load_module(path: Path, name: str):
+    """The Python file ``path`` (a tool's script, a data generator ...) imported as module ``name``, e.g. to call a
+    tool's ``main(argv)`` in this process."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_refweights = _import_refweights()
+_refweights = load_module(DATA_DIR / 'refweights.py', 'mmdualvit_tests_refweights')
 make_input = _refweights.make_input
 make_state_dict = _refweights.make_state_dict
 
@@ -110,7 +113,6 @@ def grads_and_outputs(model: torch.nn.Module, x: torch.Tensor):
 
 # torch >= 2.4 can allow-list argparse.Namespace, which the official Dual-ViT .pth.tar files pickle; older torch cannot.
 NAMESPACE_ALLOWED = hasattr(torch.serialization, 'add_safe_globals')
-REPO = Path(__file__).resolve().parents[1]
 
 
 def official_dualvit_file(path: Path, checkpoint: dict) -> Path:

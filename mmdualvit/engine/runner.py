@@ -192,13 +192,8 @@ class StrictRunner(Runner):
             problem = f'{record} does not exist'
         else:
             return None
-        for path in candidates:
-            try:
-                self._prefetched = (path, self._read(path))
-            except CheckpointError as error:
-                self._unreadable.append(path)
-                self.logger.warning(f'--resume: skipping {path}: {error}')
-                continue
+        path = self._first_readable(candidates)
+        if path is not None:
             self.logger.warning(f'--resume: {problem}; resuming from the newest readable checkpoint, {path}.')
             return path
         raise CheckpointError(f'--resume: {problem}, and no readable iter_N.pth / epoch_N.pth in {work_dir} '
@@ -214,19 +209,23 @@ class StrictRunner(Runner):
             return None
         pointer_time = os.stat(record).st_mtime_ns
         newer = candidates[:[osp.abspath(c) for c in candidates].index(osp.abspath(recorded))]
-        for path in newer:
-            if os.stat(path).st_mtime_ns <= pointer_time:
-                continue
-            try:
-                self._prefetched = (path, self._read(path))
-            except CheckpointError as error:
-                self._unreadable.append(path)
-                self.logger.warning(f'--resume: skipping {path}: {error}')
-                continue
+        path = self._first_readable([p for p in newer if os.stat(p).st_mtime_ns > pointer_time])
+        if path is not None:
             self.logger.warning(f'--resume: {record} names {recorded}, but {path} is newer and was written after it '
                                 f'(the last run stopped between saving {osp.basename(path)} and updating {record}); '
                                 f'resuming from {path}.')
-            return path
+        return path
+
+    def _first_readable(self, paths: List[str]) -> Optional[str]:
+        """The first of ``paths`` that reads (kept for loading); the others are recorded as unreadable, with a
+        warning each."""
+        for path in paths:
+            try:
+                self._prefetched = (path, self._read(path))
+                return path
+            except CheckpointError as error:
+                self._unreadable.append(path)
+                self.logger.warning(f'--resume: skipping {path}: {error}')
         return None
 
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,

@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,8 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from tests.utils import assert_matches, official_dualvit_file, reference_features, reference_input
+from tests.utils import REPO, assert_matches, official_dualvit_file, reference_features, reference_input
 
-REPO = Path(__file__).resolve().parents[2]
 MODELS = ['dualvit_s', 'dualvit_b', 'dualvit_l', 'sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l']
 
 
