@@ -211,7 +211,6 @@ def _isolated_pip_env():
 
 @pytest.mark.parametrize('env', ['onedl', 'upstream'])
 @pytest.mark.install
-@pytest.mark.xdist_group('mmdualvit_wheel')  # both cases on one worker, which builds the wheel once
 def test_pip_install_into_an_openmmlab_environment_adds_only_mmdualvit(env, mmdualvit_wheel, tmp_path):
     """pip resolves `pip install mmdualvit` against a scratch venv holding the fork's (or upstream's) distributions
     and our runtime requirements: it installs mmdualvit and nothing else (no index: it could not fetch anything)."""

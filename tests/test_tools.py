@@ -16,20 +16,17 @@ from tests.utils import REPO, fast_train_options, free_port, run_tool
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 TRAIN, TEST = [sys.executable, REPO / 'tools/train.py'], [sys.executable, REPO / 'tools/test.py']
 
-# One xdist worker runs the module: its tests share the trained toy model of the `trained` fixture.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('test_tools')]
+pytestmark = pytest.mark.slow
 
 
-# Session scope: under pytest-xdist a worker may run other modules' tests between these, which would end a module
-# scope and train the toy model again.
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def toy_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy')
     make_toy_coco(root / 'data' / 'toy_coco', num_train=8, num_val=4, image_size=(96, 96), seed=1)
     return root
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def trained(toy_root):
     """4 iterations with checkpoints at 2 and 4, then --resume to 6."""
     work = toy_root / 'work'
