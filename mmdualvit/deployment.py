@@ -66,6 +66,8 @@ def export_opset() -> int:
     except Exception:  # torch.onnx.errors.CheckerError, whose module path differs between torch releases
         return 17
     return OPSET
+
+
 # Largest measured max|onnxruntime - PyTorch| / max|PyTorch| (see compare_outputs), over every output of every model,
 # variant and input size tests/test_export.py exports, was 1.2e-5 (ATSS's centerness on a 1 x 2 level; 7e-6 for the
 # full-depth backbones with the official weights; docs/deployment.md). The check allows about 8x that; the errors it
@@ -238,11 +240,12 @@ def trace_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], dynamic: bool = F
         dynamic_axes = {'input': {2: 'height', 3: 'width'}} if dynamic else None
         with exportable(wrapper), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # the tracer's notes on Python values frozen into the graph
+            opset = export_opset()
             try:
-                torch.onnx.export(wrapper, (x, ), buffer, opset_version=export_opset(), **_TORCHSCRIPT_EXPORTER,
+                torch.onnx.export(wrapper, (x, ), buffer, opset_version=opset, **_TORCHSCRIPT_EXPORTER,
                                   input_names=['input'], output_names=names, dynamic_axes=dynamic_axes)
             except Exception as err:  # the exporter raises several types; all mean "this graph has no ONNX form"
-                raise ExportError(f'torch.onnx.export (opset {export_opset()}) cannot export this {type(wrapper.model).__name__}'
+                raise ExportError(f'torch.onnx.export (opset {opset}) cannot export this {type(wrapper.model).__name__}'
                                   f' ({wrapper.kind}): {type(err).__name__}: {str(err).splitlines()[0]}') from err
     return buffer.getvalue(), x
 

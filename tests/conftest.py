@@ -1,5 +1,5 @@
-"""Test-suite setup: skip ``cuda`` tests without a GPU; keep unmarked tests in-process; shared fixtures (reference
-weights, toy data sets, a local HTTP server).
+"""Test-suite setup: skip ``cuda`` tests without a GPU; keep unmarked tests in-process; one torch thread per xdist
+worker; shared fixtures (reference weights, a local HTTP server).
 
 ``tests`` is a package, so shared helpers are imported as ``tests.utils`` and shadow no other ``utils`` module.
 """

@@ -205,10 +205,11 @@ class StrictRunner(Runner):
         names) *and was written after* ``record``: the checkpoint hook writes a checkpoint before it updates
         ``last_checkpoint``, so a run killed in between leaves the pointer one save behind. A pointer written after
         the newer files (edited by hand, say) is left to :meth:`_check_work_dir`, which refuses to overwrite them."""
-        if osp.abspath(recorded) not in [osp.abspath(c) for c in candidates]:
+        absolute = [osp.abspath(c) for c in candidates]
+        if osp.abspath(recorded) not in absolute:
             return None
         pointer_time = os.stat(record).st_mtime_ns
-        newer = candidates[:[osp.abspath(c) for c in candidates].index(osp.abspath(recorded))]
+        newer = candidates[:absolute.index(osp.abspath(recorded))]
         path = self._first_readable([p for p in newer if os.stat(p).st_mtime_ns > pointer_time])
         if path is not None:
             self.logger.warning(f'--resume: {record} names {recorded}, but {path} is newer and was written after it '
