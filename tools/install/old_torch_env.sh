@@ -25,6 +25,20 @@ torchvision_version=${2:-$default_tv}
 [ -n "$torchvision_version" ] || { echo "give the torchvision version matching torch $torch_version" >&2; exit 2; }
 export VENV=${VENV:-$root/.venv-torch$torch_version}
 
+# A first install needs room for torch's CUDA build from PyPI: 5.5 GB installed (torch 2.1.2) plus its downloads
+# (2.6 GB, in pip's cache or a temporary folder). pip's own "No space left on device" names neither.
+need_gb=${OLD_TORCH_FREE_GB:-9}
+if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    mkdir -p "$(dirname "$VENV")"
+    free_gb=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        echo "[old_torch_env] only $free_gb GB free under $(dirname "$VENV"); installing torch $torch_version with its" \
+            "CUDA libraries needs about $need_gb GB. Free some (make clean-venv, pip cache purge) or set VENV to a" \
+            "larger disk (OLD_TORCH_FREE_GB changes the figure checked)." >&2
+        exit 1
+    fi
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # torch < 2.3 was built against numpy 1.x; numpy 2 breaks its tensor <-> array conversions.
