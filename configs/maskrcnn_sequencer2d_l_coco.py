@@ -1,3 +1,4 @@
 # Mask R-CNN + FPN, Sequencer2D-L, COCO 1x (the Dual-ViT recipe; see maskrcnn_sequencer2d_s_coco.py).
 _base_ = './maskrcnn_sequencer2d_s_coco.py'
-model = dict(backbone=dict(arch='l', init_cfg=dict(checkpoint='checkpoints/sequencer2d_l.pth')))
+model = dict(backbone=dict(arch='l', init_cfg=dict(
+    checkpoint='https://github.com/okojoalg/sequencer/releases/download/weights/sequencer2d_l.pth')))

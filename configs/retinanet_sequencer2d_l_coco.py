@@ -1,3 +1,4 @@
 # RetinaNet + FPN, Sequencer2D-L, COCO 1x (the Dual-ViT recipe; see retinanet_sequencer2d_s_coco.py).
 _base_ = './retinanet_sequencer2d_s_coco.py'
-model = dict(backbone=dict(arch='l', init_cfg=dict(checkpoint='checkpoints/sequencer2d_l.pth')))
+model = dict(backbone=dict(arch='l', init_cfg=dict(
+    checkpoint='https://github.com/okojoalg/sequencer/releases/download/weights/sequencer2d_l.pth')))

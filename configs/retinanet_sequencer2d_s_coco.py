@@ -12,7 +12,10 @@ model = dict(
         arch='s',
         pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (docs/backbones.md, the Sequencer2D pyramid)
         drop_path_rate=0.1,  # Sequencer2D-S's ImageNet value
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/sequencer2d_s.pth')),
+        # The authors' ImageNet weights, fetched once into torch.hub's cache (docs/checkpoints.md).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://github.com/okojoalg/sequencer/releases/download/weights/sequencer2d_s.pth')),
     # RetinaNet starts at stride 8 and builds P6/P7 from the stride-32 input map (the Dual-ViT FPN settings).
     neck=dict(in_channels=[192, 384, 384, 384], start_level=1, add_extra_convs='on_input', num_outs=5))
 

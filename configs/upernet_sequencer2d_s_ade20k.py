@@ -12,7 +12,10 @@ model = dict(
         arch='s',
         pyramid='resample',  # strides 7/14/14/14 resampled to 4/8/16/32 (docs/backbones.md, the Sequencer2D pyramid)
         drop_path_rate=0.1,  # Sequencer2D-S's ImageNet value
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/sequencer2d_s.pth')),
+        # The authors' ImageNet weights, fetched once into torch.hub's cache (docs/checkpoints.md).
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://github.com/okojoalg/sequencer/releases/download/weights/sequencer2d_s.pth')),
     decode_head=dict(in_channels=[192, 384, 384, 384], channels=512),
     auxiliary_head=dict(in_channels=384, in_index=2, channels=256))
 

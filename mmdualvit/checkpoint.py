@@ -5,10 +5,11 @@ both backbones (:func:`init_weights_strictly`), ``load_from`` / ``--resume`` / `
 :class:`mmdualvit.engine.StrictRunner` (:func:`load_checkpoint_weights`) and the converters in
 ``tools/model_converters/`` (:func:`converter_cli`). It imports no model and nothing from :mod:`mmdualvit.engine`.
 
-- :func:`read_checkpoint` is the only reader: local files, every mmengine file-backend URL (http(s) with a timeout
-  and a size limit, s3 ...), model-zoo names (``open-mmlab://``, ``torchvision://``, ``mmcls://``: resolved to their
-  URL), pickles and ``.safetensors``; pickles with ``weights_only=True`` unless the caller passes ``trust=True``
-  (the ``--trust-checkpoint`` flag, never an environment variable).
+- :func:`read_checkpoint` is the only reader: local files, every mmengine file-backend URL (http(s) through one
+  download cache, with a timeout, a minimum rate and a size limit; s3 ...), model-zoo names (``open-mmlab://``,
+  ``torchvision://``, ``mmcls://``: resolved to their URL), pickles and ``.safetensors``; pickles with
+  ``weights_only=True`` unless the caller passes ``trust=True`` (the ``--trust-checkpoint`` flag, never an
+  environment variable).
 - :func:`compare_weights` is the only key/shape/value comparison; :func:`load_pretrained` and
   :func:`load_checkpoint_weights` word its result for their users and then load what matches, once.
 
@@ -20,10 +21,13 @@ name checkpoint keys it leaves unused on purpose (``checkpoint_unused_prefixes``
 import argparse
 import errno
 import hashlib
+import math
 import os
 import pickle
 import re
 import stat
+import time
+import urllib.parse
 import urllib.request
 import zipfile
 from collections import Counter, OrderedDict
@@ -33,18 +37,25 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 
-from .fileio import atomic_open
+from .fileio import atomic_open, remove_stale_temporaries
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
 PRETRAINED = 'Pretrained'
-# Remote files: connect/read timeout (s) and size limit (MiB); environment variables override the defaults.
-DOWNLOAD_TIMEOUT = float(os.environ.get('MMDUALVIT_DOWNLOAD_TIMEOUT', 60))
-DOWNLOAD_LIMIT_MB = float(os.environ.get('MMDUALVIT_DOWNLOAD_LIMIT_MB', 4096))
+# Remote files: each setting is read from the environment when a download starts (a bad value is named then, not
+# when mmdualvit is imported). name: (default, what it bounds).
+DOWNLOAD_SETTINGS = {
+    'MMDUALVIT_DOWNLOAD_TIMEOUT': (60.0, 'seconds to wait for the server to connect or send anything'),
+    'MMDUALVIT_DOWNLOAD_LIMIT_MB': (4096.0, 'the largest file in MiB'),
+    'MMDUALVIT_DOWNLOAD_MIN_RATE_KB': (32.0, 'the slowest average rate in KiB/s, checked once the timeout has passed'),
+}
+# torch.hub's convention: a hex SHA-256 prefix after the last '-' of a file name ('resnet18-f37072fd.pth', mmdet's
+# '..._20200205-d4b0c5d6.pth'); at least 8 digits, so that 'checkpoint-309.pth.tar' names no hash.
+_HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.')
 _SHOWN = 5  # keys listed per kind in an error message
 
-__all__ = ['CheckpointError', 'MissingCheckpointError', 'read_checkpoint', 'extract_state_dict', 'compare_weights',
-           'load_pretrained', 'load_checkpoint_weights', 'split_init_cfg', 'init_weights_strictly',
-           'convert_checkpoint_file', 'converter_cli']
+__all__ = ['CheckpointError', 'MissingCheckpointError', 'DownloadError', 'read_checkpoint', 'fetch_cached',
+           'extract_state_dict', 'compare_weights', 'load_pretrained', 'load_checkpoint_weights', 'split_init_cfg',
+           'init_weights_strictly', 'convert_checkpoint_file', 'converter_cli']
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +64,10 @@ class CheckpointError(RuntimeError):
 
 class MissingCheckpointError(CheckpointError):
     """The checkpoint path names no file (callers add where the path came from)."""
+
+
+class DownloadError(CheckpointError):
+    """A remote checkpoint could not be fetched (callers add the offline alternative)."""
 
 
 # ----------------------------------------------------------------------------------------------- reading files
@@ -105,11 +120,11 @@ def _read_remote(url: str, trust: bool) -> dict:
         print_log(f'{url} is {resolved}', logger='current')
         return _read_remote(resolved, trust) if '://' in resolved else _read_local(resolved, url, trust)
     if url.startswith(('http://', 'https://')):
-        import tempfile
-        with tempfile.TemporaryDirectory(prefix='mmdualvit-download-') as tmp:
-            local = os.path.join(tmp, os.path.basename(url.split('?')[0]) or 'checkpoint')
-            _download(url, local)
+        local = fetch_cached(url)
+        try:
             return _read_local(local, url, trust)
+        except CheckpointError as err:
+            raise type(err)(f'{err}{_cache_note(url)}') from None
     try:
         get_file_backend(url)
     except ImportError as err:
@@ -150,47 +165,126 @@ def _resolve_model_zoo(url: str) -> str:
     return target if '://' in target else os.path.join(mm._get_mmengine_home(), target)
 
 
-def _download(url: str, dest: str) -> None:
-    """Fetch ``url`` to ``dest`` with a connect/read timeout and a size limit, logging progress.
+def download_cache_path(url: str) -> str:
+    """Where :func:`fetch_cached` keeps ``url``: ``torch.hub.get_dir()/checkpoints/<file name>``, the folder
+    torch.hub and mmengine's own loader use, so a file either of them fetched is not fetched again."""
+    name = os.path.basename(urllib.parse.urlsplit(url).path) or 'checkpoint.pth'
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', name)
 
-    mmengine's HTTP backend (and torch.hub) read without a timeout or a size bound: a server that never answers
-    hangs the run forever, one that streams forever fills memory or disk.
+
+def _cache_note(url: str) -> str:
+    return f' (Read from the download cache: {download_cache_path(url)}; delete that file to fetch it again.)'
+
+
+def fetch_cached(url: str) -> str:
+    """The local path of ``url``'s file in the download cache, fetching it first if it is not there.
+
+    In a distributed run the first process of each machine (local rank 0) fetches while the others wait at a barrier
+    and then read the same file, as mmengine's loader does; a process that still finds no file (its machine's first
+    one failed, and says why) tries itself, so a failure never leaves anyone waiting. A file enters the cache
+    complete and checked or not at all: see :func:`_download`.
     """
-    limit = int(DOWNLOAD_LIMIT_MB * 2**20)
-    fix = ('raise MMDUALVIT_DOWNLOAD_TIMEOUT (seconds) / MMDUALVIT_DOWNLOAD_LIMIT_MB if the file is really that '
-           'slow or large, or download it yourself and give its path')
+    from mmengine.dist import barrier, get_dist_info, get_local_rank
+    cached = download_cache_path(url)
+    _, world_size = get_dist_info()
+    failure = None
+    if get_local_rank() == 0 and not os.path.isfile(cached):
+        if os.path.isdir(os.path.dirname(cached)):
+            remove_stale_temporaries(os.path.dirname(cached))  # of downloads killed half-way
+        try:
+            _download(url, cached)
+        except CheckpointError as err:
+            failure = err
+    if world_size > 1:
+        barrier()
+    if failure is not None:
+        raise failure
+    if not os.path.isfile(cached):
+        _download(url, cached)
+    return cached
+
+
+def download_setting(name: str) -> float:
+    """The value of download setting ``name`` (see :data:`DOWNLOAD_SETTINGS`) from the environment, or its default."""
+    default, meaning = DOWNLOAD_SETTINGS[name]
+    raw = os.environ.get(name, '').strip()
+    if not raw:
+        return default
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(dest, 'wb') as out:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise CheckpointError(f'{name}={raw!r} is not a positive number ({meaning}); set it to one such as '
+                              f'{default:g} (the default), or unset it.')
+    return value
+
+
+def _download(url: str, dest: str) -> None:
+    """Fetch ``url`` into ``dest`` within the download settings, logging progress every 30 s.
+
+    mmengine's HTTP backend (and torch.hub) read without a timeout, an overall bound or a size limit: a server that
+    never answers, or one that sends a byte every few seconds, hangs the run for days; one that streams forever fills
+    the disk. Here the file is written to a temporary next to ``dest`` and renamed into place only once complete (as
+    many bytes as the server declared) and, where the file name carries a SHA-256 prefix, matching it.
+    """
+    timeout, limit_mb, min_rate_kb = (download_setting(name) for name in DOWNLOAD_SETTINGS)
+    limit = int(limit_mb * 2**20)
+    fix = ('raise MMDUALVIT_DOWNLOAD_TIMEOUT (seconds), MMDUALVIT_DOWNLOAD_LIMIT_MB or lower '
+           'MMDUALVIT_DOWNLOAD_MIN_RATE_KB if the file is really that slow or large, or download it yourself and give '
+           'its path')
+    expected_hash = _HASH_IN_NAME.search(os.path.basename(dest))
+    sha256 = hashlib.sha256()
+    start = last_report = time.monotonic()
+    done = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest) as out:
             declared = int(response.headers.get('Content-Length') or -1)
+            total = f' of {declared / 2**20:.1f}' if declared > 0 else ''
             if declared > limit:
-                raise CheckpointError(f'checkpoint {url!r} is {declared / 2**20:.0f} MiB, over the '
-                                      f'{DOWNLOAD_LIMIT_MB:.0f} MiB limit; {fix}.')
-            done, next_report = 0, 64 * 2**20
+                raise DownloadError(f'checkpoint {url!r} is {declared / 2**20:.0f} MiB, over the {limit_mb:g} MiB '
+                                    f'limit; {fix}.')
             while True:
-                chunk = response.read(2**20)
+                chunk = response.read1(2**20)  # what has arrived: a slow server cannot hold a whole MiB read
                 if not chunk:
                     break
                 done += len(chunk)
                 if done > limit:
-                    raise CheckpointError(f'checkpoint {url!r} sent more than the {DOWNLOAD_LIMIT_MB:.0f} MiB limit; '
-                                          f'{fix}.')
+                    raise DownloadError(f'checkpoint {url!r} sent more than the {limit_mb:g} MiB limit; {fix}.')
                 out.write(chunk)
-                if done >= next_report:
-                    total = f' of {declared / 2**20:.0f}' if declared > 0 else ''
-                    print_log(f'downloading {url}: {done / 2**20:.0f}{total} MiB', logger='current')
-                    next_report += 64 * 2**20
+                sha256.update(chunk)
+                now = time.monotonic()
+                if now - start > timeout and done / (now - start) < min_rate_kb * 1024:
+                    raise DownloadError(
+                        f'checkpoint {url!r} arrives at {done / (now - start) / 1024:.1f} KiB/s ({done} bytes in '
+                        f'{now - start:.0f} s), below the {min_rate_kb:g} KiB/s minimum; {fix}.')
+                if now - last_report >= 30:
+                    print_log(f'downloading {url}: {done / 2**20:.1f}{total} MiB ({done / (now - start) / 2**20:.2f} '
+                              f'MiB/s)', logger='current')
+                    last_report = now
+            if declared > 0 and done != declared:
+                raise DownloadError(f'checkpoint {url!r}: the server closed the connection after {done} of '
+                                    f'{declared} bytes; nothing was kept. Try again, or download it yourself and give '
+                                    f'its path.')
+            if expected_hash and not sha256.hexdigest().startswith(expected_hash.group(1)):
+                raise DownloadError(f'checkpoint {url!r} has SHA-256 {sha256.hexdigest()[:16]}..., not the '
+                                    f'{expected_hash.group(1)} its name promises: the server sent another or a '
+                                    f'damaged file, and nothing was kept. Check the URL, or try again.')
     except CheckpointError:
         raise
     except TimeoutError:
-        raise CheckpointError(f'checkpoint {url!r}: the server did not answer within {DOWNLOAD_TIMEOUT:g} s; check '
-                              f'the URL and your connection, or {fix}.') from None
+        raise DownloadError(f'checkpoint {url!r}: the server did not answer within {timeout:g} s; check the URL and '
+                            f'your connection, or {fix}.') from None
     except OSError as err:  # urllib's HTTPError and URLError are OSErrors
         if isinstance(getattr(err, 'reason', None), TimeoutError):
-            raise CheckpointError(f'checkpoint {url!r}: the server did not answer within {DOWNLOAD_TIMEOUT:g} s; '
-                                  f'check the URL and your connection, or {fix}.') from None
-        raise CheckpointError(f'checkpoint {url!r} could not be fetched ({type(err).__name__}: {_first_line(err)});'
-                              f' check the URL and your connection, or download the file and give its path.') \
-            from None
+            raise DownloadError(f'checkpoint {url!r}: the server did not answer within {timeout:g} s; check the URL '
+                                f'and your connection, or {fix}.') from None
+        if err.errno == errno.ENOSPC:
+            raise DownloadError(f'disk full while downloading {url!r} into {dest!r} (nothing was kept); free space '
+                                f'there, or set TORCH_HOME to a larger disk.') from None
+        raise DownloadError(f'checkpoint {url!r} could not be fetched ({type(err).__name__}: {_first_line(err)}); '
+                            f'check the URL and your connection, or download the file and give its path.') from None
+    print_log(f'downloaded {url} ({done / 2**20:.1f} MiB) to {dest}', logger='current')
 
 
 def _read_local(path: str, name: str, trust: bool) -> dict:
@@ -422,6 +516,7 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
     error naming the file and the fix, and the model is left untouched. ``trust`` as in :func:`read_checkpoint`.
     Returns a summary dict.
     """
+    http = str(path).startswith(('http://', 'https://'))
     try:
         checkpoint = read_checkpoint(path, trust=trust)
     except MissingCheckpointError as err:
@@ -429,6 +524,21 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
             f"{err} Download the official ImageNet weights (README, 'Checkpoints') and place them there, or point "
             f'the config at them with --cfg-options model.backbone.init_cfg.checkpoint=PATH '
             f'(model.backbone.init_cfg=None trains from scratch).') from None
+    except DownloadError as err:
+        cache = f'copy it to {download_cache_path(path)} (the download cache, read by every later run) or ' if http \
+            else ''
+        raise DownloadError(f'{err} Without internet here: download {path} on another machine, then {cache}give its '
+                            f'path with --cfg-options model.backbone.init_cfg.checkpoint=PATH.') from None
+    try:
+        return _load_backbone_weights(model, checkpoint, path, prefix, logger, check_weights)
+    except CheckpointError as err:
+        if not http:
+            raise
+        raise type(err)(f'{err}{_cache_note(path)}') from None
+
+
+def _load_backbone_weights(model: torch.nn.Module, checkpoint: dict, path: str, prefix: Optional[str], logger: str,
+                           check_weights: bool) -> dict:
     state = extract_state_dict(checkpoint, repr(path))
     wanted = prefix or ''
     if not wanted and any(k.startswith('backbone.') for k in state):

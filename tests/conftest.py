@@ -1,5 +1,5 @@
 """Test-suite setup: skip ``cuda`` tests without a GPU; keep unmarked tests in-process; one torch thread per xdist
-worker; shared fixtures (reference weights, a local HTTP server).
+worker; a download cache per test; shared fixtures (reference weights, a local HTTP server).
 
 ``tests`` is a package, so shared helpers are imported as ``tests.utils`` and shadow no other ``utils`` module.
 """
@@ -71,6 +71,13 @@ def http_root(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _own_download_cache(tmp_path_factory, monkeypatch):
+    """Each test (and the processes it starts) downloads into a torch.hub cache of its own (``TORCH_HOME``), never
+    into the user's ``~/.cache/torch`` nor into another test's."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path_factory.mktemp('torch-home')))
 
 
 @pytest.fixture(autouse=True)

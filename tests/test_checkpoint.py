@@ -308,6 +308,44 @@ def test_official_files_load_through_init_cfg_of_full_configs(tmp_path, name, co
         assert torch.equal(value, sd[key]), key
 
 
+OFFICIAL_SEQUENCER_RELEASE = 'https://github.com/okojoalg/sequencer/releases/download/weights'
+
+
+@pytest.mark.parametrize('config', ['maskrcnn_sequencer2d_s_coco.py', 'upernet_sequencer2d_m_ade20k.py'])
+def test_sequencer2d_configs_fetch_the_official_weights_once(http_root, monkeypatch, config):
+    """The config's own URL (the authors' GitHub release), served here by a local server: the first build downloads
+    the file, the second reads the cache; a wrong file is refused, naming the cached copy to delete."""
+    import urllib.request
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(str(REPO / 'configs' / config))
+    arch = cfg.model.backbone.arch
+    url = cfg.model.backbone.init_cfg.checkpoint
+    assert url == f'{OFFICIAL_SEQUENCER_RELEASE}/sequencer2d_{arch}.pth'
+    root, local = http_root
+    sd = official(f'sequencer2d_{arch}')
+    torch.save(sd, root / f'sequencer2d_{arch}.pth')  # the release format: a raw state_dict
+    requested = []
+    real_urlopen = urllib.request.urlopen
+
+    def to_local_server(address, *args, **kwargs):
+        requested.append(address)
+        return real_urlopen(address.replace(OFFICIAL_SEQUENCER_RELEASE, local), *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, 'urlopen', to_local_server)
+    init_default_scope(cfg.default_scope)
+    for _ in range(2):
+        backbone = MODELS.build(cfg.model.backbone)
+        backbone.init_weights()
+        assert all(torch.equal(value, sd[key]) for key, value in backbone.state_dict().items())
+    assert requested == [url]
+
+    cfg.model.backbone.arch = 'l' if arch != 'l' else 's'  # the cached file is now the wrong one
+    with pytest.raises(CheckpointError, match=rf'(does not fit this|lacks \d+ of \d+) Sequencer2D.*Read from the '
+                                              rf'download cache: .*sequencer2d_{arch}\.pth; delete that file'):
+        MODELS.build(cfg.model.backbone).init_weights()
+
+
 # ------------------------------------------------------------------------------------------------ ownership
 TINY = dict(stem_hidden_dim=8, embed_dims=[16, 32, 32, 48], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 3],
             mlp_ratios=[2, 2, 2, 2])

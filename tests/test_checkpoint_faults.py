@@ -231,24 +231,131 @@ def endless(conn, stop):
 
 
 def test_a_server_that_never_answers_times_out(monkeypatch):
-    monkeypatch.setattr(checkpoint, 'DOWNLOAD_TIMEOUT', 1.0)
+    monkeypatch.setenv('MMDUALVIT_DOWNLOAD_TIMEOUT', '1')
     with tcp_server(silent) as url:
         with pytest.raises(CheckpointError, match=r'the server did not answer within 1 s; .*MMDUALVIT_DOWNLOAD_TIMEOUT'):
             read_checkpoint(f'{url}/w.pth')
 
 
 def test_a_server_that_streams_forever_hits_the_size_limit(monkeypatch):
-    monkeypatch.setattr(checkpoint, 'DOWNLOAD_LIMIT_MB', 2)
+    monkeypatch.setenv('MMDUALVIT_DOWNLOAD_LIMIT_MB', '2')
     with tcp_server(endless) as url:
         with pytest.raises(CheckpointError, match=r'sent more than the 2 MiB limit; .*MMDUALVIT_DOWNLOAD_LIMIT_MB'):
             read_checkpoint(f'{url}/w.pth')
+    assert os.listdir(os.path.dirname(checkpoint.download_cache_path(f'{url}/w.pth'))) == []  # no partial file
 
 
-@pytest.mark.slow
-def test_download_limits_come_from_the_environment():
-    code = 'from mmdualvit import checkpoint as c; print(c.DOWNLOAD_TIMEOUT, c.DOWNLOAD_LIMIT_MB)'
-    rc, out = run_python(code, MMDUALVIT_DOWNLOAD_TIMEOUT='7', MMDUALVIT_DOWNLOAD_LIMIT_MB='9')
-    assert rc == 0 and out.strip().endswith('7.0 9.0'), out
+def dripping(conn, stop):
+    """Declares 1 MB, then sends one byte every 0.1 s: each read returns within any timeout, the file never ends."""
+    conn.recv(4096)
+    try:
+        conn.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n')
+        while not stop.wait(0.1):
+            conn.sendall(b'\0')
+    except OSError:
+        pass
+    conn.close()
+
+
+def test_a_server_that_drips_stops_at_the_minimum_rate(monkeypatch):
+    monkeypatch.setenv('MMDUALVIT_DOWNLOAD_TIMEOUT', '1')
+    monkeypatch.setenv('MMDUALVIT_DOWNLOAD_MIN_RATE_KB', '1')
+    with tcp_server(dripping) as url:
+        with pytest.raises(CheckpointError, match=r'arrives at 0\.0 KiB/s \(\d+ bytes in 1 s\), below the 1 KiB/s '
+                                                  r'minimum; .*MMDUALVIT_DOWNLOAD_MIN_RATE_KB'):
+            read_checkpoint(f'{url}/w.pth')
+
+
+def truncating(conn, stop):
+    """Declares 4096 bytes, sends 1000 and closes the connection."""
+    conn.recv(4096)
+    conn.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 4096\r\n\r\n' + b'\0' * 1000)
+    conn.close()
+
+
+def test_a_partial_download_is_refused_and_not_cached():
+    with tcp_server(truncating) as url:
+        with pytest.raises(CheckpointError, match=r'closed the connection after 1000 of 4096 bytes; nothing was kept'):
+            read_checkpoint(f'{url}/w.pth')
+    assert not os.path.exists(checkpoint.download_cache_path(f'{url}/w.pth'))
+
+
+@pytest.mark.parametrize('value', ['abc', '0', '-5', 'nan', 'inf'])
+def test_download_settings_come_from_the_environment_and_bad_ones_are_named(monkeypatch, value):
+    monkeypatch.setenv('MMDUALVIT_DOWNLOAD_LIMIT_MB', '9')
+    assert checkpoint.download_setting('MMDUALVIT_DOWNLOAD_LIMIT_MB') == 9.0
+    monkeypatch.setenv('MMDUALVIT_DOWNLOAD_TIMEOUT', value)  # read when a download starts, not at import
+    with pytest.raises(CheckpointError, match=rf"MMDUALVIT_DOWNLOAD_TIMEOUT='{value}' is not a positive number "
+                                              r'\(seconds to wait .*\); set it to one such as 60 \(the default\)'):
+        read_checkpoint('http://127.0.0.1:9/w.pth')
+
+
+# ------------------------------------------------------------------------------------------------ download cache
+def test_a_download_is_cached_and_read_from_the_cache_next_time(http_root, tiny_sd):
+    root, url = http_root
+    torch.save(tiny_sd, root / 'tiny.pth')
+    first = read_checkpoint(f'{url}/tiny.pth')
+    cached = checkpoint.download_cache_path(f'{url}/tiny.pth')
+    assert cached.startswith(torch.hub.get_dir()) and os.path.isfile(cached)
+    (root / 'tiny.pth').unlink()  # the server would answer 404 now
+    second = read_checkpoint(f'{url}/tiny.pth')
+    assert all(torch.equal(first[k], second[k]) for k in tiny_sd)
+
+
+def test_a_damaged_cached_file_is_named_with_its_cache_path(http_root, tiny_sd):
+    root, url = http_root
+    torch.save(tiny_sd, root / 'tiny.pth')
+    cached = checkpoint.download_cache_path(f'{url}/tiny.pth')
+    os.makedirs(os.path.dirname(cached))
+    with open(cached, 'wb') as f:
+        f.write(b'not a checkpoint')
+    with pytest.raises(CheckpointError, match=rf'is truncated or corrupt .*Read from the download cache: '
+                                              rf'{cached}; delete that file to fetch it again'):
+        read_checkpoint(f'{url}/tiny.pth')
+
+
+def test_a_hash_in_the_file_name_is_checked(http_root, tiny_sd):
+    import hashlib
+    root, url = http_root
+    torch.save(tiny_sd, root / 'payload')
+    digest = hashlib.sha256((root / 'payload').read_bytes()).hexdigest()
+    (root / 'payload').rename(root / 'tiny-00000000.pth')
+    with pytest.raises(CheckpointError, match=rf'has SHA-256 {digest[:16]}\.\.\., not the 00000000 its name '
+                                              r'promises: .*nothing was kept'):
+        read_checkpoint(f'{url}/tiny-00000000.pth')
+    assert not os.path.exists(checkpoint.download_cache_path(f'{url}/tiny-00000000.pth'))
+    (root / 'tiny-00000000.pth').rename(root / f'tiny-{digest[:8]}.pth')
+    assert torch.equal(read_checkpoint(f'{url}/tiny-{digest[:8]}.pth')['q'], tiny_sd['q'])
+
+
+def test_in_a_distributed_run_the_first_process_downloads_and_the_others_read_its_file(http_root, tiny_sd,
+                                                                                       monkeypatch):
+    """Rank 1 waits at the barrier (here: rank 0 finishes its download there), then reads the cached file without
+    asking the server, which no longer has it."""
+    from mmengine import dist
+    root, url = http_root
+    torch.save(tiny_sd, root / 'tiny.pth')
+    events = []
+
+    def barrier_where_rank_0_downloads():
+        events.append('barrier')
+        checkpoint._download(f'{url}/tiny.pth', checkpoint.download_cache_path(f'{url}/tiny.pth'))
+        (root / 'tiny.pth').unlink()
+
+    monkeypatch.setattr(dist, 'get_dist_info', lambda: (1, 2))
+    monkeypatch.setattr(dist, 'get_local_rank', lambda: 1)
+    monkeypatch.setattr(dist, 'barrier', barrier_where_rank_0_downloads)
+    assert torch.equal(read_checkpoint(f'{url}/tiny.pth')['q'], tiny_sd['q']) and events == ['barrier']
+
+
+def test_offline_pretrained_names_the_url_the_cache_and_the_local_alternative():
+    url = 'http://127.0.0.1:9/sequencer2d_s.pth'  # the discard port: connection refused
+    model = DualViT(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=url))
+    cached = checkpoint.download_cache_path(url)
+    with pytest.raises(checkpoint.DownloadError, match=rf"'{url}' could not be fetched .*Without internet here: "
+                                                       rf'download {url} on another machine, then copy it to '
+                                                       rf'{cached} .*--cfg-options model\.backbone\.init_cfg'):
+        model.init_weights()
 
 
 def test_model_zoo_names_resolve_to_their_url_and_load_safely(http_root, tiny_sd, monkeypatch, tmp_path):

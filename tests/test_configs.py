@@ -133,7 +133,12 @@ def test_official_settings(name):
     exp = EXPECTED[name]
     backbone = cfg.model.backbone
     assert backbone.arch == exp['arch'] and backbone.drop_path_rate == exp['dpr']
-    assert backbone.init_cfg.type == 'Pretrained' and backbone.init_cfg.checkpoint.startswith('checkpoints/')
+    assert backbone.init_cfg.type == 'Pretrained'
+    if backbone.type == 'mmdualvit.Sequencer2D':  # the authors' release (Dual-ViT's weights are on Baidu Pan only)
+        assert backbone.init_cfg.checkpoint == ('https://github.com/okojoalg/sequencer/releases/download/weights/'
+                                                f'sequencer2d_{exp["arch"]}.pth')
+    else:
+        assert backbone.init_cfg.checkpoint == f'checkpoints/dualvit_{exp["arch"]}.pth'
     assert cfg.custom_imports.imports == ['mmdualvit'] and not cfg.custom_imports.allow_failed_imports
     assert cfg.runner_type == 'mmdualvit.StrictRunner' and 'strict_load' not in cfg
     assert cfg.default_hooks.checkpoint.type == 'mmdualvit.PortableCheckpointHook'
