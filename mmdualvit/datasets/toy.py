@@ -19,6 +19,7 @@ directory)::
     python -m mmdualvit.datasets.toy all                  # data/toy_coco and data/toy_ade
     python -m mmdualvit.datasets.toy coco --out data/toy_coco --num-train 200 --seed 1
     python -m mmdualvit.datasets.toy ade --image-size 256 --num-val 32
+    python -m mmdualvit.datasets.toy all --out data/my --classes circle triangle   # a dataset with 2 classes
 """
 import argparse
 import json
@@ -100,8 +101,10 @@ def _polygon_mask(poly: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def _render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, List[dict]]:
-    """Draw one RGB uint8 image and its shapes, each a dict with ``cls`` (0-based), ``polygon`` and ``mask``."""
+def _render_scene(rng: np.random.Generator, height: int, width: int,
+                  kinds: Sequence[int] = (0, 1, 2)) -> Tuple[np.ndarray, List[dict]]:
+    """Draw one RGB uint8 image and its shapes, each a dict with ``cls`` (0-based index into ``kinds``, the indices
+    of the ``TOY_CLASSES`` drawn), ``polygon`` and ``mask``."""
     scale = min(height, width) / 128
     min_size = max(8, round(16 * scale))
     max_size = max(min_size, min(round(56 * scale), min(height, width) // 2))
@@ -117,7 +120,7 @@ def _render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np
     for _ in range(int(rng.integers(1, _MAX_SHAPES + 1))):
         # Rejecting overlapping placements (rather than occluding) keeps every mask equal to its whole polygon.
         for _ in range(_PLACEMENT_TRIES):
-            cls = int(rng.integers(0, len(TOY_CLASSES)))
+            cls = int(rng.integers(0, len(kinds)))
             size = int(rng.integers(min_size, max_size + 1))
             x0 = int(rng.integers(0, width - size + 1))
             y0 = int(rng.integers(0, height - size + 1))
@@ -128,9 +131,9 @@ def _render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np
         else:
             continue  # no free spot for this shape; the image keeps the ones already placed (at least one)
         boxes.append(box)
-        poly = _shape_polygon(cls, x0, y0, size)
+        poly = _shape_polygon(kinds[cls], x0, y0, size)
         mask = _polygon_mask(poly, height, width)
-        low, high = _CLASS_COLOURS[cls]
+        low, high = _CLASS_COLOURS[kinds[cls]]
         image[mask] = [rng.integers(lo, hi + 1) for lo, hi in zip(low, high)]
         shapes.append(dict(cls=cls, polygon=poly, mask=mask))
 
@@ -140,10 +143,19 @@ def _render_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np
     return np.clip(np.round(image), 0, 255).astype(np.uint8), shapes
 
 
-def _scene(seed: int, split: str, index: int, height: int, width: int) -> Tuple[np.ndarray, List[dict]]:
+def _scene(seed: int, split: str, index: int, height: int, width: int,
+           kinds: Sequence[int]) -> Tuple[np.ndarray, List[dict]]:
     """The scene of image ``index`` of ``split``: its own generator, so it does not depend on the split sizes."""
     rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], index])
-    return _render_scene(rng, height, width)
+    return _render_scene(rng, height, width, kinds)
+
+
+def _class_indices(classes: Sequence[str]) -> List[int]:
+    """The ``TOY_CLASSES`` indices of ``classes`` (a non-empty subset, without repeats, in any order)."""
+    unknown = [c for c in classes if c not in TOY_CLASSES]
+    if not classes or unknown or len(set(classes)) != len(classes):
+        raise ValueError(f'classes must be distinct names out of {TOY_CLASSES}, got {tuple(classes)}')
+    return [TOY_CLASSES.index(c) for c in classes]
 
 
 def _file_name(index: int) -> str:
@@ -176,11 +188,12 @@ def make_toy_coco(out_dir: PathLike,
                   num_train: int = 40,
                   num_val: int = 16,
                   image_size: Sequence[int] = (128, 128),
-                  seed: int = 0) -> Dict:
+                  seed: int = 0,
+                  classes: Sequence[str] = TOY_CLASSES) -> Dict:
     """Write a COCO-format instance-segmentation toy dataset of coloured shapes.
 
     Layout: ``out_dir/{train,val}/000001.png ...`` and ``out_dir/annotations/instances_{train,val}.json``, with
-    category ids 1, 2, 3 for ``TOY_CLASSES`` and image ``file_name`` relative to the split folder (use
+    category ids 1, 2, ... for ``classes`` and image ``file_name`` relative to the split folder (use
     ``data_prefix=dict(img='train/')``). Annotations carry ``bbox`` ``[x, y, w, h]``, ``area`` (mask pixels),
     polygon ``segmentation``, ``iscrowd=0``.
 
@@ -190,16 +203,19 @@ def make_toy_coco(out_dir: PathLike,
         num_val: number of validation images.
         image_size: ``(height, width)``, at least 32 each; shape sizes (16-56 px at 128) scale with it.
         seed: non-negative seed; the same seed gives byte-identical files.
+        classes: the shapes drawn, a subset of ``TOY_CLASSES`` (e.g. two, for a dataset with its own class count);
+            with all three (the default) the files do not depend on this argument.
 
     Returns:
         dict with ``root``, ``classes`` and, per split ``'train'`` / ``'val'``, a dict of ``img_dir``,
         ``ann_file``, ``num_images`` and ``num_instances``.
     """
     height, width = _check_args(num_train, num_val, image_size, seed)
+    kinds = _class_indices(classes)
     root = Path(out_dir)
     (root / 'annotations').mkdir(parents=True, exist_ok=True)
-    categories = [dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(TOY_CLASSES)]
-    result: Dict = dict(root=str(root), classes=TOY_CLASSES)
+    categories = [dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(classes)]
+    result: Dict = dict(root=str(root), classes=tuple(classes))
 
     for split, count in (('train', num_train), ('val', num_val)):
         img_dir = root / split
@@ -208,7 +224,7 @@ def make_toy_coco(out_dir: PathLike,
         _remove_stale(img_dir, names)
         images, annotations = [], []
         for index, name in enumerate(names):
-            image, shapes = _scene(seed, split, index, height, width)
+            image, shapes = _scene(seed, split, index, height, width, kinds)
             _write_png(img_dir / name, image)
             image_id = index + 1
             images.append(dict(id=image_id, file_name=name, width=width, height=height))
@@ -240,13 +256,14 @@ def make_toy_ade(out_dir: PathLike,
                  num_train: int = 40,
                  num_val: int = 16,
                  image_size: Sequence[int] = (128, 128),
-                 seed: int = 0) -> Dict:
+                 seed: int = 0,
+                 classes: Sequence[str] = TOY_CLASSES) -> Dict:
     """Write an ADE20K-layout semantic-segmentation toy dataset of coloured shapes.
 
     Layout: ``out_dir/images/{training,validation}/000001.png`` and the label maps of the same name under
     ``out_dir/annotations/{training,validation}/``; both are PNG, so use ``img_suffix='.png'`` and
-    ``seg_map_suffix='.png'``. Labels are uint8 single-channel: 0 is background and 1..3 are ``TOY_CLASSES``, i.e.
-    the indices of ``TOY_SEG_CLASSES``. Load with ``reduce_zero_label=False``: background is a real class here (most
+    ``seg_map_suffix='.png'``. Labels are uint8 single-channel: 0 is background and 1, 2, ... are ``classes``, i.e.
+    the indices of ``('background', ) + classes`` (``TOY_SEG_CLASSES`` by default). Load with ``reduce_zero_label=False``: background is a real class here (most
     pixels are background, and a segmentor must not paint it with shapes), so mIoU counts it. ADE20K's own
     ``reduce_zero_label=True`` would turn it into the ignore index and hide it from training and metrics.
 
@@ -259,6 +276,7 @@ def make_toy_ade(out_dir: PathLike,
         num_val: number of validation images.
         image_size: ``(height, width)``, at least 32 each; shape sizes (16-56 px at 128) scale with it.
         seed: non-negative seed; the same seed gives byte-identical files (and the scenes of ``make_toy_coco``).
+        classes: the shapes drawn, as for :func:`make_toy_coco`.
 
     Returns:
         dict with ``root``, ``classes``, ``palette``, ``img_suffix``, ``seg_map_suffix``, ``reduce_zero_label``
@@ -266,11 +284,12 @@ def make_toy_ade(out_dir: PathLike,
         ``num_instances`` (shapes drawn).
     """
     height, width = _check_args(num_train, num_val, image_size, seed)
+    kinds = _class_indices(classes)
     root = Path(out_dir)
     result: Dict = dict(
         root=str(root),
-        classes=TOY_SEG_CLASSES,
-        palette=TOY_SEG_PALETTE,
+        classes=('background', ) + tuple(classes),
+        palette=[TOY_SEG_PALETTE[0]] + [TOY_PALETTE[k] for k in kinds],
         img_suffix='.png',
         seg_map_suffix='.png',
         reduce_zero_label=False)
@@ -285,7 +304,7 @@ def make_toy_ade(out_dir: PathLike,
         _remove_stale(ann_dir, names)
         num_instances = 0
         for index, name in enumerate(names):
-            image, shapes = _scene(seed, split, index, height, width)
+            image, shapes = _scene(seed, split, index, height, width, kinds)
             label = np.zeros((height, width), dtype=np.uint8)
             for shape in shapes:
                 label[shape['mask']] = shape['cls'] + 1
@@ -313,6 +332,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--image-size', type=int, nargs='+', default=[128], metavar='N', help='H [W] in pixels (default 128)')
     parser.add_argument('--seed', type=int, default=0, help='non-negative seed (default 0)')
+    parser.add_argument('--classes', nargs='+', default=list(TOY_CLASSES), choices=TOY_CLASSES, metavar='NAME',
+                        help=f'the shapes drawn (default all: {" ".join(TOY_CLASSES)}); fewer give a dataset with '
+                        'its own class count')
     args = parser.parse_args(argv)
     if len(args.image_size) > 2:
         parser.error('--image-size takes one (square) or two (height width) values')
@@ -333,7 +355,8 @@ def main(argv=None) -> None:
         else:
             out = args.out
         start = time.perf_counter()
-        info = makers[kind](out, num_train=args.num_train, num_val=args.num_val, image_size=size, seed=args.seed)
+        info = makers[kind](out, num_train=args.num_train, num_val=args.num_val, image_size=size, seed=args.seed,
+                            classes=tuple(args.classes))
         elapsed = time.perf_counter() - start
         print(f'{kind}: wrote {out} in {elapsed:.2f}s (image size {size[0]}x{size[1]}, seed {args.seed})')
         for split in ('train', 'val'):
@@ -341,8 +364,9 @@ def main(argv=None) -> None:
             files = s['ann_file'] if kind == 'coco' else s['ann_dir']
             print(f'  {split}: {s["num_images"]} images, {s["num_instances"]} shapes; images {s["img_dir"]}, '
                   f'annotations {files}')
+        print(f'  classes={info["classes"]}')
         if kind == 'ade':
-            print(f'  classes={info["classes"]} img_suffix={info["img_suffix"]!r} '
+            print(f'  img_suffix={info["img_suffix"]!r} '
                   f'seg_map_suffix={info["seg_map_suffix"]!r} reduce_zero_label={info["reduce_zero_label"]}')
 
 

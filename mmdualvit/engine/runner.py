@@ -28,6 +28,9 @@ TRUST_KEY = 'trust_checkpoint'  # set by --trust-checkpoint: unpickle fully (wei
 CHECK_WEIGHTS_KEY = 'check_weights'  # `--skip-weight-check` sets it False: accept NaN/Inf or non-float weights
 OVERWRITE_KEY = 'overwrite_work_dir'  # set by --overwrite-work-dir: train into a work dir holding checkpoints
 _CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+_SHOWN_CLASSES = 8  # class names quoted in an error message
+# A module name 'roi_head.bbox_head.0' is config key 'roi_head.bbox_head[0]'.
+_LIST_INDEX, _INDEXED = re.compile(r'[.](\d+)(?=[.]|$)'), r'[\1]'
 
 
 class WorkDirError(RuntimeError):
@@ -152,6 +155,22 @@ class StrictRunner(Runner):
                 f'newest with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
                 f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to continue '
                 f'here anyway.')
+
+    # ------------------------------------------------------------------------------------------- datasets
+    def build_train_loop(self, loop):
+        built = super().build_train_loop(loop)
+        check_class_counts(self.model, built.dataloader.dataset, 'train_dataloader')
+        return built
+
+    def build_val_loop(self, loop):
+        built = super().build_val_loop(loop)
+        check_class_counts(self.model, built.dataloader.dataset, 'val_dataloader')
+        return built
+
+    def build_test_loop(self, loop):
+        built = super().build_test_loop(loop)
+        check_class_counts(self.model, built.dataloader.dataset, 'test_dataloader')
+        return built
 
     # ------------------------------------------------------------------------------------------- loading
     def load_or_resume(self) -> None:
@@ -288,6 +307,44 @@ class StrictRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+
+class ClassCountError(ValueError):
+    """A head predicts another number of classes than its dataset names."""
+
+
+def check_class_counts(model, dataset, where: str) -> None:
+    """Refuse a model whose heads' ``num_classes`` differ from the number of classes ``dataset`` names.
+
+    mmdet and mmseg train and evaluate such a model without a word (the labels fit into the larger head, the extra
+    outputs are never trained), which is the classic mistake when a config is adapted to one's own dataset. This runs
+    when a loop is built, before any weights are read. mmdet's ``NumClassCheckHook`` checks detectors only, asserts
+    after the weights are loaded and names no config key; mmseg has no such check. Class-agnostic proposal heads
+    (mmdet's ``RPNHead`` and its subclasses, ``num_classes=1``) are exempt.
+
+    Raises:
+        ClassCountError: naming every head that differs, its setting and the count to set.
+    """
+    classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+    if not classes:
+        return
+    try:
+        from mmdet.models.dense_heads import RPNHead
+        exempt = (RPNHead, )
+    except ImportError:  # mmseg or mmpretrain alone
+        exempt = ()
+    model = model.module if is_model_wrapper(model) else model
+    wrong = [(name, module) for name, module in model.named_modules()
+             if isinstance(getattr(module, 'num_classes', None), int) and not isinstance(module, exempt)
+             and module.num_classes != len(classes)]
+    if wrong:
+        heads = ', '.join(f'model.{_LIST_INDEX.sub(_INDEXED, name)}.num_classes={module.num_classes} '
+                          f'({type(module).__name__})' for name, module in wrong)
+        shown = ', '.join(map(str, classes[:_SHOWN_CLASSES])) + (' ...' if len(classes) > _SHOWN_CLASSES else '')
+        raise ClassCountError(
+            f'{where}.dataset names {len(classes)} classes ({shown}) but {heads}: the head would predict classes the '
+            f'data does not have. Set num_classes={len(classes)} in each of these heads of your config (or '
+            f'metainfo=dict(classes=...) of the dataset, if it lists the wrong classes); docs/custom_dataset.md.')
 
 
 def _names(paths) -> str:

@@ -174,3 +174,22 @@ def test_command_line_module(tmp_path):
     assert (tmp_path / 'data/toy_ade/annotations/validation/000001.png').is_file()
     coco = json.loads((tmp_path / 'data/toy_coco/annotations/instances_val.json').read_text())
     assert len(coco['images']) == 1 and coco['annotations']
+
+
+def test_a_subset_of_classes_gives_a_dataset_with_its_own_class_count(tmp_path):
+    classes = ('triangle', 'circle')
+    coco = make_toy_coco(tmp_path / 'coco', num_train=6, num_val=2, classes=classes)
+    ann = json.loads(Path(coco['train']['ann_file']).read_text())
+    assert [(c['id'], c['name']) for c in ann['categories']] == [(1, 'triangle'), (2, 'circle')]
+    assert {a['category_id'] for a in ann['annotations']} == {1, 2}
+    image = cv2.imread(str(Path(coco['train']['img_dir']) / '000001.png'))[..., ::-1]
+    first = next(a for a in ann['annotations'] if a['image_id'] == 1)
+    x, y, w, h = (int(v) for v in first['bbox'])
+    centre = image[y + h // 2, x + w // 2].astype(int)  # a triangle is blue, a circle green (TOY_PALETTE)
+    assert centre.argmax() == (2 if first['category_id'] == 1 else 1)
+    ade = make_toy_ade(tmp_path / 'ade', num_train=6, num_val=2, classes=classes)
+    assert ade['classes'] == ('background', 'triangle', 'circle')
+    labels = {int(v) for p in Path(ade['train']['ann_dir']).glob('*.png') for v in np.unique(cv2.imread(str(p), 0))}
+    assert labels == {0, 1, 2}
+    with pytest.raises(ValueError, match=r"classes must be distinct names out of \('square', 'circle', 'triangle'\)"):
+        make_toy_coco(tmp_path / 'bad', classes=('circle', 'hexagon'))
