@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmdualvit-installed
 REQS := requirements.txt $(wildcard requirements/*.txt) setup.py $(wildcard tools/install/*)
 
-.PHONY: install test test-quick demo gpu-check old-torch-env test-old-torch clean-venv
+.PHONY: install test test-quick lint demo gpu-check old-torch-env test-old-torch clean-venv
 
 install: $(STAMP)
 
@@ -29,6 +29,18 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(VPY) -m pytest tests $(QUICK) $(XDIST) --durations=10
+
+# flake8 and isort with the settings of setup.cfg (120 columns); installed into the venv on first use. CI runs it.
+# `$(VPY) -m isort .` fixes the import order in place.
+LINT_STAMP := $(VENV)/.mmdualvit-lint-installed
+$(LINT_STAMP): $(STAMP) requirements/lint.txt
+	$(VPY) -m pip install -q -r requirements/lint.txt -c requirements/constraints$$($(VPY) -c \
+		'import sys; print("-py310" if sys.version_info < (3, 11) else "")').txt
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(VPY) -m flake8 .
+	$(VPY) -m isort --check-only --diff .
 
 demo: $(STAMP)
 	$(VPY) tools/demo.py

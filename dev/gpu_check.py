@@ -42,8 +42,8 @@ def environment() -> list:
     from mmcv.ops import get_compiling_cuda_version
     return [('date (UTC)', datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')),
             ('GPU', f'{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}'),
-            ('Python', platform.python_version()), ('torch', f'{torch.__version__} (CUDA {torch.version.cuda}, '
-                                                            f'cuDNN {torch.backends.cudnn.version()})'),
+            ('Python', platform.python_version()),
+            ('torch', f'{torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})'),
             ('mmcv', f'{mmcv.__version__}, ops compiled with CUDA {get_compiling_cuda_version()}')]
 
 

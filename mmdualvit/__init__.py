@@ -2,8 +2,8 @@
 
 Importing the package registers ``mmdualvit.DualViT`` and ``mmdualvit.Sequencer2D`` (scope ``mmdualvit``), the
 runner pieces our configs name (``mmdualvit.StrictRunner``, ``mmdualvit.PortableCheckpointHook``, the atomic file
-backend of :mod:`mmdualvit.fileio`) and the one-entry ``weights_only`` allow-list of :mod:`mmdualvit.safe_globals`. It does not import mmdet or
-mmseg.
+backend of :mod:`mmdualvit.fileio`) and the one-entry ``weights_only`` allow-list of :mod:`mmdualvit.safe_globals`.
+It does not import mmdet or mmseg.
 """
 from . import deps  # noqa: F401  (first: a clear message when torch / mmengine / mmcv are missing or unsupported)
 from . import safe_globals  # noqa: F401  (registers the allow-list used by weights_only loading)

@@ -21,7 +21,7 @@ def lstm_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """MACs of ``aten::lstm``: per token and direction, 4 gates x (input + recurrent) = 4h(C + h)."""
     # aten::lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
     x, out = _sizes(inputs[0]), _sizes(outputs[0])
-    bidirectional, batch_first = inputs[7].toIValue(), inputs[8].toIValue()
+    bidirectional = inputs[7].toIValue()
     num_layers = inputs[4].toIValue()
     directions = 2 if bidirectional else 1
     hidden = out[-1] // directions

@@ -377,6 +377,7 @@ def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = 
     """
     from .analysis import build_from_config
     from .checkpoint import load_checkpoint_weights, load_pretrained, read_checkpoint
+
     # a whole-model file is read before the model is built: a missing or unsafe file fails fast
     state = read_checkpoint(checkpoint, trust=trust) if checkpoint and not backbone_only else None
     model, cfg = build_from_config(config, cfg_options)

@@ -110,8 +110,8 @@ def test_sequencer_converter_is_idempotent_and_inverts_timm(seq_s_sd):
 
 
 def test_dualvit_converter_is_idempotent(dualvit_s_sd):
-    once = DualViT.convert_checkpoint(extract_state_dict({'state_dict': {'module.' + k: v for k, v in
-                                                                        dualvit_s_sd.items()}, 'epoch': 3}))
+    wrapped = {'state_dict': {'module.' + k: v for k, v in dualvit_s_sd.items()}, 'epoch': 3}
+    once = DualViT.convert_checkpoint(extract_state_dict(wrapped))
     assert list(once) == list(dualvit_s_sd)
     assert DualViT.convert_checkpoint(once) == once
 
@@ -211,7 +211,8 @@ def test_partial_checkpoint_is_an_error(tmp_path, dualvit_s_sd):
 
 def test_unknown_extra_keys_are_an_error(tmp_path, dualvit_s_sd):
     torch.save({**dualvit_s_sd, 'block5.0.weight': torch.zeros(3)}, tmp_path / 'extra.pth')
-    with pytest.raises(CheckpointError, match=r"holds 1 tensors this DualViT does not have \(e\.g\. block5\.0\.weight\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"holds 1 tensors this DualViT does not have \(e\.g\. block5\.0\.weight\)"):
         load_pretrained(DualViT(arch='s'), str(tmp_path / 'extra.pth'))
 
 
@@ -316,6 +317,7 @@ def test_sequencer2d_configs_fetch_the_official_weights_once(http_root, monkeypa
     """The config's own URL (the authors' GitHub release), served here by a local server: the first build downloads
     the file, the second reads the cache; a wrong file is refused, naming the cached copy to delete."""
     import urllib.request
+
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(str(REPO / 'configs' / config))
@@ -449,7 +451,7 @@ def test_random_bytes_are_called_corrupt(tmp_path, seed):
 
 
 @pytest.mark.parametrize('converter,src_name,other', [(DualViT, 'sequencer2d_s', 'a Sequencer2D checkpoint'),
-                                                       (Sequencer2D, 'dualvit_s', 'a Dual-ViT checkpoint')])
+                                                      (Sequencer2D, 'dualvit_s', 'a Dual-ViT checkpoint')])
 def test_converter_refuses_the_other_architecture(tmp_path, capsys, converter, src_name, other):
     from mmdualvit.checkpoint import converter_cli
     torch.save(official(src_name), tmp_path / 'src.pth')

@@ -233,7 +233,8 @@ def endless(conn, stop):
 def test_a_server_that_never_answers_times_out(monkeypatch):
     monkeypatch.setenv('MMDUALVIT_DOWNLOAD_TIMEOUT', '1')
     with tcp_server(silent) as url:
-        with pytest.raises(CheckpointError, match=r'the server did not answer within 1 s; .*MMDUALVIT_DOWNLOAD_TIMEOUT'):
+        with pytest.raises(CheckpointError,
+                           match=r'the server did not answer within 1 s; .*MMDUALVIT_DOWNLOAD_TIMEOUT'):
             read_checkpoint(f'{url}/w.pth')
 
 
@@ -402,7 +403,8 @@ def test_runner_path_names_http_errors_and_the_url(http_root, tmp_path):
 # ------------------------------------------------------------------------------------------------ odd contents
 @pytest.mark.parametrize('content,expected', [
     ([1, 2, 3], r"holds a list, not a dict of tensors"),
-    ({'state_dict': {'linear.weight': 'not a tensor'}}, r"holds no state_dict: 'state_dict' has keys \['linear\.weight'\] with values of type \['str'\]"),
+    ({'state_dict': {'linear.weight': 'not a tensor'}},
+     r"holds no state_dict: 'state_dict' has keys \['linear\.weight'\] with values of type \['str'\]"),
     ({'state_dict': [torch.zeros(1)]}, r"holds no state_dict: the top level has keys \['state_dict'\] with values of "
                                        r"type \['list'\]"),
 ])

@@ -154,9 +154,8 @@ def test_official_settings(name):
     warmup, main = cfg.param_scheduler
     assert warmup.type == 'LinearLR' and warmup.end == exp['warmup'] and not warmup.by_epoch
     if cfg.default_scope == 'mmdet':
-        assert backbone.get('stem_norm_cfg', dict(type='BN', requires_grad=False)) == dict(type='BN',
-                                                                                      requires_grad=False) \
-            or backbone.type == 'mmdualvit.Sequencer2D'
+        frozen_bn = dict(type='BN', requires_grad=False)
+        assert backbone.get('stem_norm_cfg', frozen_bn) == frozen_bn or backbone.type == 'mmdualvit.Sequencer2D'
         assert warmup.start_factor == 0.001
         assert cfg.train_cfg.max_epochs == exp['epochs']
         assert main.type == 'MultiStepLR' and main.milestones == exp['milestones'] and main.gamma == 0.1

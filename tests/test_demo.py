@@ -65,12 +65,12 @@ def test_demo_pictures_show_the_predictions_and_are_the_same_on_every_run(tmp_pa
     import runpy
 
     import torch
+    from mmdet.models.utils import samplelist_boxtype2tensor
+    from mmdet.registry import DATASETS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.structures import InstanceData
 
-    from mmdet.models.utils import samplelist_boxtype2tensor
-    from mmdet.registry import DATASETS
     from mmdualvit.datasets import make_toy_coco
     demo = runpy.run_path(str(REPO / 'tools' / 'demo.py'))  # its functions; main() does not run
     info = make_toy_coco(tmp_path / 'toy', num_train=1, num_val=2)

@@ -33,6 +33,7 @@ def _seeded_weights():
     once in six runs (centerness of the 1x2 P7 map, whose largest magnitude, the check's scale, is then tiny)."""
     torch.manual_seed(0)
 
+
 CONFIGS = REPO / 'configs'
 
 
@@ -111,7 +112,8 @@ def test_sequencer2d_export_structure(arch, tmp_path):
         errors = _export_and_verify(ExportWrapper(model), shape, tmp_path / 'seq.onnx')
         assert list(errors[0]) == ['feats.0', 'feats.1', 'feats.2', 'feats.3']
         ops = [node.op_type for node in onnx.load(str(tmp_path / 'seq.onnx')).graph.node]
-        assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 2 * 4  # one bidirectional LSTM per direction per block
+        # one bidirectional LSTM per direction per block
+        assert ops.count('Resize') == 2 and ops.count('MatMul') >= 4 and ops.count('LSTM') == 2 * 4
 
 
 def test_sequencer2d_native_exports_with_dynamic_shapes(tmp_path):
@@ -228,7 +230,7 @@ def test_system_export(config, arch, shape, dynamic, names, tmp_path):
     model, _ = build_model(str(CONFIGS / config), cfg_options=small_system(config, arch))
     wrapper = ExportWrapper(model)
     more = [(shape[0] + 32, shape[1] + 64)] if dynamic else []
-    errors = _export_and_verify(wrapper, shape, tmp_path / 'model.onnx', dynamic=dynamic, more_shapes=more)
+    _export_and_verify(wrapper, shape, tmp_path / 'model.onnx', dynamic=dynamic, more_shapes=more)
     groups = group_outputs(wrapper.output_names, wrapper.output_names)
     assert tuple(groups) == names
     levels = {'cls_scores': 5, 'feats': 5}

@@ -76,7 +76,8 @@ def test_entry_fields(model):
     published = any(r['Metrics'] for r in results)
     assert ('Results Source' in model) == published
     if published:
-        assert model['Results Source'].startswith('paper') and 'not reproduced with mmdualvit' in model['Results Source']
+        source = model['Results Source']
+        assert source.startswith('paper') and 'not reproduced with mmdualvit' in source
 
 
 @pytest.mark.parametrize('model', MODELS, ids=model_id)
@@ -125,5 +126,5 @@ def test_generated_markdown_blocks_are_up_to_date():
     for (path, name), body in gen_tables.generated().items():
         assert gen_tables.current_block(path, name) == body, f'{path} ({name}) is stale: run python docs/gen_tables.py'
     readme_rows = gen_tables.current_block('README.md', 'model-table')[2:]
-    assert [re.match(r'\| \[([^\]]+)\]', row).group(1) for row in readme_rows] == [Path(m['Config']).name
-                                                                                  for m in MODELS]
+    listed = [re.match(r'\| \[([^\]]+)\]', row).group(1) for row in readme_rows]
+    assert listed == [Path(m['Config']).name for m in MODELS]

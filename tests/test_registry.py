@@ -13,7 +13,6 @@ import pytest
 from tests.utils import REPO
 
 
-
 @pytest.mark.install
 def test_import_does_not_pull_in_mmdet_or_mmseg():
     code = ('import sys, mmdualvit; print(sorted(m for m in sys.modules if m.split(".")[0] in '
@@ -25,6 +24,7 @@ def test_import_does_not_pull_in_mmdet_or_mmseg():
 
 def test_one_registry_node_under_mmengine_root():
     import mmengine.registry as root
+
     from mmdualvit.registry import HOOKS, MODELS
     assert MODELS.scope == 'mmdualvit' and MODELS.parent is root.MODELS
     assert root.MODELS.children['mmdualvit'] is MODELS
@@ -45,6 +45,7 @@ def test_stack_runs_on_numpy_2():
     import mmcv
     import torch
     from pycocotools import mask as mask_utils
+
     from mmdualvit.deps import installed
     locked = pins()
     # installed by `make` with the lock (not, e.g., dev/fork_env.sh's OneDL stack on the same torch)

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.toy_runner import build_runner, start_paused_writer
-from tests.utils import REPO, run_tool
 
 from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.fileio import TMP_SUFFIX, remove_stale_temporaries
-
+from tests.toy_runner import build_runner, start_paused_writer
+from tests.utils import REPO, run_tool
 
 
 def log_of(runner) -> str:
@@ -53,6 +52,7 @@ def test_multistep_milestones_are_stored_plain_and_restored_on_resume(tmp_path):
     refuses: the hook stores plain pairs and resuming restores the Counter, so the lr still drops on schedule."""
     import zipfile
     from collections import Counter
+
     # An explicit end: otherwise mmengine sets it to the first run's max_iters, and the resumed run never steps it.
     scheduler = dict(type='MultiStepLR', by_epoch=False, begin=0, end=100, milestones=[3], gamma=0.1)
     build_runner(tmp_path / 'work', max_iters=2, param_scheduler=scheduler).train()
@@ -289,6 +289,7 @@ def test_load_from_an_http_url_is_read_safely_and_strictly(trained, tmp_path):
     import functools
     import http.server
     import threading
+
     from tests.crafted_checkpoints import write_void_dtype_with_object_field
     write_void_dtype_with_object_field(trained / 'evil.pth')
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(trained))
@@ -302,7 +303,8 @@ def test_load_from_an_http_url_is_read_safely_and_strictly(trained, tmp_path):
         runner.load_checkpoint(f'{url}/iter_4.pth')
         expected = torch.load(trained / 'iter_4.pth', weights_only=True)['state_dict']['linear.weight']
         assert torch.equal(runner.model.linear.weight, expected)
-        with pytest.raises(CheckpointError, match=r'needs numpy\S* to unpickle, which safe loading \(weights_only=True\) refuses'):
+        with pytest.raises(CheckpointError,
+                           match=r'needs numpy\S* to unpickle, which safe loading \(weights_only=True\) refuses'):
             runner.load_checkpoint(f'{url}/evil.pth')
     finally:
         server.shutdown()

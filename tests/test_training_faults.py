@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.toy_runner import LineModel, build_runner, start_paused_writer
-from tests.utils import REPO, run_tool
 
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import _HOST_TAG, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError, remove_stale_temporaries
+from tests.toy_runner import LineModel, build_runner, start_paused_writer
+from tests.utils import REPO, run_tool
 
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 FAST = ['train_cfg.val_interval=1000', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=2',
@@ -200,7 +200,7 @@ def test_resume_from_an_older_checkpoint_is_refused_unless_asked_for(tmp_path):
 
 def test_resume_where_last_checkpoint_names_an_older_file_is_refused(trained):
     (trained / 'last_checkpoint').write_text(f'{trained}/iter_2.pth')
-    with pytest.raises(WorkDirError, match=re.escape(f'holds newer checkpoints (iter_4.pth)')):
+    with pytest.raises(WorkDirError, match=re.escape('holds newer checkpoints (iter_4.pth)')):
         build_runner(trained, max_iters=6, resume=True).train()
 
 
@@ -291,8 +291,8 @@ def test_the_work_dir_lock(tmp_path, sleeper, holder):
     with pytest.raises(WorkDirLockedError, match=re.escape(f'{work} is in use by {who}') + '.*' + re.escape(
             f'If that process is not running any more, delete {lock}.')):
         runner.train()
-    assert not list(work.glob('*.pth')) and lock.read_text() == ('garbage' if holder == 'unreadable' else
-                                                                json.dumps(content))
+    assert not list(work.glob('*.pth'))
+    assert lock.read_text() == ('garbage' if holder == 'unreadable' else json.dumps(content))
 
 
 def temporary(work: Path, host: str, pid: int) -> Path:
@@ -489,7 +489,7 @@ def test_train_tool_refuses_a_used_work_dir_and_stops_a_diverging_run(toy_root):
 
     # Allowed to overwrite, with a learning rate that makes it diverge: it stops, and iter_2.pth stays finite.
     rc, out = train_tool([*train, '--overwrite-work-dir', '--cfg-options', 'train_cfg.max_iters=4',
-                        'optim_wrapper.optimizer.lr=1e30', *FAST], toy_root)
+                          'optim_wrapper.optimizer.lr=1e30', *FAST], toy_root)
     assert rc == 1 and 'FloatingPointError: ' in out, out[-3000:]
     assert checkpoints(toy_root / 'work') == {'iter_2.pth': 2}
 
@@ -505,7 +505,7 @@ def test_train_tool_names_the_annotation_file_when_no_box_is_valid(toy_root, tmp
         ann['bbox'][2] = 0  # zero width
     ann_file.write_text(json.dumps(coco))
     rc, out = train_tool([TOY_DET, '--work-dir', 'work', '--cfg-options',
-                        'train_cfg.max_iters=2', *FAST], tmp_path, timeout=300)
+                          'train_cfg.max_iters=2', *FAST], tmp_path, timeout=300)
     assert rc == 1, out[-3000:]
     assert "ValueError: annotation file 'data/toy_coco/annotations/instances_train.json': no annotation to train on" \
         in out

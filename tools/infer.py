@@ -124,7 +124,8 @@ def main(argv=None):
     cfg = check_inputs(parser, args)
     init_default_scope(cfg.default_scope)
     try:
-        checkpoint = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint) if args.checkpoint else None  # before the model: fail fast
+        # read before the model is built: a missing or unsafe file fails fast
+        checkpoint = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint) if args.checkpoint else None
         inferencer = build_inferencer(cfg, cfg.default_scope, args.device)
         load_weights(inferencer, cfg, checkpoint, args.checkpoint, strict=not args.allow_partial_load)
     except CheckpointError as error:

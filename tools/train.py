@@ -8,10 +8,9 @@ The config's ``default_scope`` (mmdet, mmseg or mmpretrain) decides which librar
 """
 import argparse
 
-
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
-from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, distributed_session,
-                                     enable_amp, load_config)
+from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, distributed_session, enable_amp,
+                                     load_config)
 
 
 def parse_args():

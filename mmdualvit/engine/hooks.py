@@ -78,7 +78,8 @@ def counters_from_plain(value):
 
 
 def checkpoint_to_plain(checkpoint: dict) -> None:
-    """What PortableCheckpointHook does before a save, in place: history buffers and scheduler Counters become plain data."""
+    """What PortableCheckpointHook does before a save, in place: history buffers and scheduler Counters become plain
+    data."""
     history_to_plain(checkpoint.get('message_hub', {}))
     if 'param_schedulers' in checkpoint:
         checkpoint['param_schedulers'] = counters_to_plain(checkpoint['param_schedulers'])

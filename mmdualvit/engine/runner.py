@@ -18,8 +18,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from ..checkpoint import (CheckpointError, MissingCheckpointError, _listed, load_checkpoint_weights,
-                          read_checkpoint)
+from ..checkpoint import CheckpointError, MissingCheckpointError, _listed, load_checkpoint_weights, read_checkpoint
 from ..fileio import LOCK_NAME, acquire_lock, release_lock, remove_stale_temporaries
 from ..registry import RUNNERS
 

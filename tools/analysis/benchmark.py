@@ -187,6 +187,7 @@ def build_target(row: Row, settings: Settings) -> Target:
         if not settings.backbone_only:
             raise ValueError(f'{row.config}: a timm model is measured as a backbone; pass --backbone-only.')
         import timm
+
         # No classifier and no pooling: forward returns the features (for sequencer2d_* those of forward_features).
         module = timm.create_model(row.config[len(TIMM):], pretrained=False, num_classes=0, global_pool='')
         target = _backbone(module, settings, autocast)

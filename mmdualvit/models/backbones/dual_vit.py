@@ -430,8 +430,8 @@ class DualViT(BaseBackbone):
     @classmethod
     def is_own_checkpoint(cls, state_dict) -> bool:
         """Whether converted ``state_dict`` has Dual-ViT's stem and first stage (for the converter tool)."""
-        return any(k.startswith('patch_embed1.') for k in state_dict) and any(k.startswith('block1.')
-                                                                               for k in state_dict)
+        return (any(k.startswith('patch_embed1.') for k in state_dict)
+                and any(k.startswith('block1.') for k in state_dict))
 
     def checkpoint_unused_prefixes(self):
         """The ImageNet head, and what this instance's output type does not compute."""

@@ -10,7 +10,6 @@ from typing import Callable, List
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from mmdualvit.models import DualViT, Sequencer2D

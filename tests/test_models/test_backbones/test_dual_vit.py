@@ -252,7 +252,7 @@ def test_output_shapes_detection_size():
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 800, 1344))
     assert [tuple(o.shape) for o in outs] == [(1, 64, 200, 336), (1, 128, 100, 168), (1, 320, 50, 84),
-                                             (1, 448, 25, 42)]
+                                              (1, 448, 25, 42)]
     assert all(torch.isfinite(o).all() for o in outs)
 
 
