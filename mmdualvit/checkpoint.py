@@ -53,9 +53,9 @@ DOWNLOAD_SETTINGS = {
 _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.')
 _SHOWN = 5  # keys listed per kind in an error message
 
-__all__ = ['CheckpointError', 'MissingCheckpointError', 'DownloadError', 'read_checkpoint', 'fetch_cached',
-           'extract_state_dict', 'compare_weights', 'load_pretrained', 'load_checkpoint_weights', 'split_init_cfg',
-           'init_weights_strictly', 'convert_checkpoint_file', 'converter_cli']
+__all__ = ['CheckpointError', 'MissingCheckpointError', 'DamagedCheckpointError', 'DownloadError', 'read_checkpoint',
+           'fetch_cached', 'extract_state_dict', 'compare_weights', 'load_pretrained', 'load_checkpoint_weights',
+           'split_init_cfg', 'init_weights_strictly', 'convert_checkpoint_file', 'converter_cli']
 
 
 class CheckpointError(RuntimeError):
@@ -64,6 +64,10 @@ class CheckpointError(RuntimeError):
 
 class MissingCheckpointError(CheckpointError):
     """The checkpoint path names no file (callers add where the path came from)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """The file's bytes are damaged: truncated, empty or corrupt (not a file that is intact but refused)."""
 
 
 class DownloadError(CheckpointError):
@@ -295,8 +299,10 @@ def _read_local(path: str, name: str, trust: bool) -> dict:
         from safetensors.torch import load_file
         try:
             checkpoint = load_file(path, device='cpu')
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(corrupt.format(_first_line(err))) from err
+        except OSError as err:
+            _raise_read_failure(err, name, corrupt)
+        except (SafetensorError, ValueError, RuntimeError) as err:
+            raise DamagedCheckpointError(corrupt.format(_first_line(err))) from err
     else:
         _check_zip_records(path, name)
         try:
@@ -306,21 +312,32 @@ def _read_local(path: str, name: str, trust: bool) -> dict:
         except pickle.UnpicklingError as err:
             refused = None if trust else _refused_global(err)
             if refused is None:
-                raise CheckpointError(corrupt.format(_unpickler_complaint(err))) from None
+                raise DamagedCheckpointError(corrupt.format(_unpickler_complaint(err))) from None
             raise CheckpointError(
                 f'checkpoint file {name!r} needs {refused} to unpickle, which safe loading (weights_only=True) '
                 f'refuses: unpickling it could run code. If you trust where the file comes from, convert it once with '
                 f'`python tools/model_converters/dualvit2mmdualvit.py --trust-checkpoint SRC DST` (or '
                 f'sequencer2mmdualvit.py) and use the tensors-only output, or pass --trust-checkpoint to '
                 f'tools/train.py / tools/test.py.') from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
-                AttributeError, TypeError) as err:
-            raise CheckpointError(corrupt.format(_first_line(err))) from None
+        except OSError as err:
+            _raise_read_failure(err, name, corrupt)
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError, AttributeError,
+                TypeError) as err:
+            raise DamagedCheckpointError(corrupt.format(_first_line(err))) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'checkpoint file {name!r} holds a {type(checkpoint).__name__}, not a dict of tensors '
                               f'(a state_dict or a checkpoint holding one); it is not a model checkpoint.')
     _check_no_expanded_views(checkpoint, name)
     return checkpoint
+
+
+def _raise_read_failure(err: OSError, name: str, corrupt: str) -> None:
+    """An error of the operating system (permissions, I/O, a network file system) says nothing about the bytes of
+    the file: it is not reported as damage, which --resume would skip past."""
+    if err.errno is None:
+        raise DamagedCheckpointError(corrupt.format(_first_line(err))) from None
+    raise CheckpointError(f'checkpoint file {name!r} could not be read ({err.strerror or err}); check its permissions '
+                          f'and the file system, then try again.') from None
 
 
 def _check_zip_records(path: str, name: str) -> None:

@@ -310,3 +310,39 @@ def test_load_from_an_http_url_is_read_safely_and_strictly(trained, tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.mark.parametrize('fault', ['needs trust', 'named in last_checkpoint', 'i/o error'])
+def test_an_intact_newest_checkpoint_that_cannot_be_read_stops_resume(trained, fault, monkeypatch):
+    """Only damaged files (truncated, empty, corrupt) are skipped: resuming from iter_2.pth past an intact iter_4.pth
+    that merely needs --trust-checkpoint, or that the file system failed to deliver once, would overwrite it."""
+    import errno
+
+    from mmdualvit import checkpoint as reader
+    from mmdualvit.engine.runner import WorkDirError
+    newest = trained / 'iter_4.pth'
+    if fault == 'i/o error':  # a network file system's hiccup, on this file only
+        real_load = reader.torch.load
+
+        def flaky_load(path, *args, **kwargs):
+            if str(path).endswith('iter_4.pth'):
+                raise OSError(errno.EIO, 'Input/output error')
+            return real_load(path, *args, **kwargs)
+
+        monkeypatch.setattr(reader.torch, 'load', flaky_load)
+    else:  # what a plain mmengine CheckpointHook writes: objects that safe loading refuses
+        checkpoint = torch.load(newest, weights_only=True)
+        checkpoint['meta']['hook'] = print
+        torch.save(checkpoint, newest)
+    if fault != 'named in last_checkpoint':
+        (trained / 'last_checkpoint').unlink()
+    before = newest.stat().st_mtime_ns
+    with pytest.raises(WorkDirError, match=r'iter_4.pth cannot be read, and it is not damaged, so it is not skipped '
+                                           r'.*(--trust-checkpoint|Input/output error).*--work-dir NEW_DIR --resume '
+                                           r'OLDER\.pth\), or pass --overwrite-work-dir'):
+        build_runner(trained, max_iters=6, resume=True).train()
+    assert newest.stat().st_mtime_ns == before and not (trained / 'iter_6.pth').exists()
+
+    overwriting = build_runner(trained, max_iters=6, resume=True, overwrite_work_dir=True)
+    overwriting.train()  # the explicit choice: resume from iter_2.pth and replace iter_4.pth
+    assert 'resumed epoch: 0, iter: 2' in log_of(overwriting) and (trained / 'iter_6.pth').exists()

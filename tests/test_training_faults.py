@@ -510,3 +510,26 @@ def test_train_tool_names_the_annotation_file_when_no_box_is_valid(toy_root, tmp
     assert "ValueError: annotation file 'data/toy_coco/annotations/instances_train.json': no annotation to train on" \
         in out
     assert not list((tmp_path / 'work').glob('*.pth'))
+
+
+@pytest.mark.parametrize('options', [dict(out_dir='elsewhere'), dict(filename_tmpl='ckpt_{:04d}.pth'),
+                                     dict(out_dir='elsewhere', filename_tmpl='model_{}.pt')])
+def test_checkpoints_are_found_wherever_the_hook_writes_them(tmp_path, options):
+    """The overwrite check and the resume scan follow the checkpoint hook's out_dir (mmengine saves into
+    out_dir/<work dir's name>) and filename_tmpl: a second run without --resume is refused, --resume continues
+    from the newest of them, also without last_checkpoint."""
+    work = tmp_path / 'work'
+    options = {k: str(tmp_path / v) if k == 'out_dir' else v for k, v in options.items()}
+    build_runner(work, max_iters=4, checkpoint_options=options).train()
+    saved = sorted((tmp_path / 'elsewhere' / 'work' if 'out_dir' in options else work).glob('*_*.pt*'))
+    assert len(saved) == 2 and not list(work.glob('iter_*.pth'))
+    before = {p: p.stat().st_mtime_ns for p in saved}
+    with pytest.raises(WorkDirError, match=rf'already holds checkpoints \({saved[1].name}, {saved[0].name}\); this '
+                                           r'new run would overwrite them'):
+        build_runner(work, max_iters=4, checkpoint_options=options).train()
+    assert {p: p.stat().st_mtime_ns for p in saved} == before
+    (work / 'last_checkpoint').unlink()
+    resumed = build_runner(work, max_iters=6, resume=True, checkpoint_options=options)
+    resumed.train()
+    assert resumed.iter == 6 and f'resuming from the newest readable checkpoint, {saved[1]}' in \
+        Path(resumed.log_dir, f'{resumed.timestamp}.log').read_text()

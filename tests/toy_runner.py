@@ -62,10 +62,12 @@ class LineError(BaseMetric):
 
 
 def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, interval=2, lr=0.1, nan_at=(),
-                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, distributed=False, **cfg):
-    """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations, with the
-    :class:`FiniteLossHook` of our configs (``finite_loss=None`` leaves it out); ``test=True`` adds a test loop;
-    ``distributed=True`` runs in the (gloo) process group the caller initialised, every rank on the same batches."""
+                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, distributed=False,
+                 checkpoint_options=None, **cfg):
+    """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations (more hook
+    arguments in ``checkpoint_options``), with the :class:`FiniteLossHook` of our configs (``finite_loss=None``
+    leaves it out); ``test=True`` adds a test loop; ``distributed=True`` runs in the (gloo) process group the caller
+    initialised, every rank on the same batches."""
     data = DataLoader(LineData(nan_at), batch_size=4, shuffle=False)
     testing = dict(test_dataloader=data, test_cfg=dict(), test_evaluator=[LineError()]) if test else {}
     if distributed:
@@ -77,7 +79,8 @@ def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, i
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook', interval=interval,
-                                           by_epoch=False, max_keep_ckpts=cfg.pop('max_keep_ckpts', -1)),
+                                           by_epoch=False, max_keep_ckpts=cfg.pop('max_keep_ckpts', -1),
+                                           **(checkpoint_options or {})),
                            logger=dict(type='LoggerHook', interval=1), finite_loss=finite_loss),
         param_scheduler=cfg.pop('param_scheduler', None), custom_hooks=cfg.pop('custom_hooks', None),
         resume=resume, load_from=load_from, default_scope='mmengine', cfg=dict(cfg), env_cfg=dict(dist_cfg=dict()),

@@ -16,9 +16,11 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 from mmengine.dist import broadcast_object_list, get_world_size
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
+from mmengine.hooks import CheckpointHook
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from ..checkpoint import CheckpointError, MissingCheckpointError, _listed, load_checkpoint_weights, read_checkpoint
+from ..checkpoint import (CheckpointError, DamagedCheckpointError, MissingCheckpointError, _listed,
+                          load_checkpoint_weights, read_checkpoint)
 from ..fileio import LOCK_NAME, acquire_lock, release_lock, remove_stale_temporaries
 from ..registry import RUNNERS
 
@@ -26,7 +28,7 @@ STRICT_KEY = 'strict_load'  # top-level config key; `--cfg-options strict_load=F
 TRUST_KEY = 'trust_checkpoint'  # set by --trust-checkpoint: unpickle fully (weights_only=False)
 CHECK_WEIGHTS_KEY = 'check_weights'  # `--skip-weight-check` sets it False: accept NaN/Inf or non-float weights
 OVERWRITE_KEY = 'overwrite_work_dir'  # set by --overwrite-work-dir: train into a work dir holding checkpoints
-_CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+_CHECKPOINT_NAME = re.compile(r'^(?P<kind>epoch|iter)_(?P<step>\d+)\.pth$')
 _SHOWN_CLASSES = 8  # class names quoted in an error message
 # A module name 'roi_head.bbox_head.0' is config key 'roi_head.bbox_head[0]'.
 _LIST_INDEX, _INDEXED = re.compile(r'[.](\d+)(?=[.]|$)'), r'[\1]'
@@ -117,13 +119,30 @@ class StrictRunner(Runner):
                 release_lock(lock)
 
     def _work_dir_checkpoints(self) -> List[Tuple[str, int, str]]:
-        """``(kind, step, path)`` of the ``epoch_N.pth`` / ``iter_N.pth`` files in the work dir, newest first."""
-        found = []
-        for name in os.listdir(self.work_dir):
-            match = _CHECKPOINT_NAME.match(name)
-            if match:
-                found.append((match.group(1), int(match.group(2)), osp.join(self.work_dir, name)))
-        return sorted(found, key=lambda item: (item[1], item[0]), reverse=True)
+        """``(kind, step, path)`` of the training checkpoints of this work dir, newest first: ``epoch_N.pth`` /
+        ``iter_N.pth`` in it, and the files the checkpoint hook writes where its ``out_dir`` and ``filename_tmpl``
+        say (mmengine saves into ``out_dir/<work dir's name>``). A remote ``out_dir`` cannot be listed here."""
+        places = [(self.work_dir, _CHECKPOINT_NAME, None)]
+        for hook in self.hooks:
+            out_dir = str(getattr(hook, 'out_dir', None) or self.work_dir)
+            if not isinstance(hook, CheckpointHook) or '://' in out_dir:
+                continue
+            if osp.abspath(out_dir) != osp.abspath(self.work_dir):
+                out_dir = osp.join(out_dir, osp.basename(self.work_dir.rstrip(osp.sep)))
+            parts = re.split(r'\{[^}]*\}', hook.filename_tmpl, maxsplit=1)
+            if len(parts) != 2:  # a template without a step: every save replaces one file
+                continue
+            prefix, suffix = (re.escape(part) for part in parts)
+            kind = 'epoch' if hook.by_epoch else 'iter'
+            places.append((out_dir, re.compile(f'^{prefix}(?P<step>\\d+){suffix}$'), kind))
+        found = {}
+        for directory, pattern, kind in places:
+            for name in os.listdir(directory) if osp.isdir(directory) else ():
+                match = pattern.match(name)
+                if match:
+                    path = osp.join(directory, name)
+                    found[osp.abspath(path)] = (kind or match['kind'], int(match['step']), path)
+        return sorted(found.values(), key=lambda item: (item[1], item[0]), reverse=True)
 
     def _check_work_dir(self) -> None:
         """Refuse a training that would overwrite checkpoints of the work dir (unless ``overwrite_work_dir``)."""
@@ -203,6 +222,7 @@ class StrictRunner(Runner):
                     self.logger.info(f'--resume: resuming from {recorded} (named in {record}).')
                     return recorded
                 except CheckpointError as error:
+                    self._refuse_if_intact(recorded, error)
                     problem = str(error).rstrip('.')
                     self._unreadable.append(recorded)
                     candidates = [c for c in candidates if osp.abspath(c) != osp.abspath(recorded)]
@@ -236,16 +256,30 @@ class StrictRunner(Runner):
         return path
 
     def _first_readable(self, paths: List[str]) -> Optional[str]:
-        """The first of ``paths`` that reads (kept for loading); the others are recorded as unreadable, with a
-        warning each."""
+        """The first of ``paths`` that reads (kept for loading); damaged ones before it (truncated, empty, corrupt:
+        what a killed save leaves) are recorded as unreadable, with a warning each, and any other failure stops the
+        scan (:meth:`_refuse_if_intact`)."""
         for path in paths:
             try:
                 self._prefetched = (path, self._read(path))
                 return path
             except CheckpointError as error:
+                self._refuse_if_intact(path, error)
                 self._unreadable.append(path)
                 self.logger.warning(f'--resume: skipping {path}: {error}')
         return None
+
+    def _refuse_if_intact(self, path: str, error: CheckpointError) -> None:
+        """Stop --resume at a checkpoint it found that exists and cannot be read but is not damaged (it needs
+        --trust-checkpoint, its permissions, a file-system error): resuming from an older one would overwrite it.
+        ``overwrite_work_dir`` allows that."""
+        if isinstance(error, (DamagedCheckpointError, MissingCheckpointError)) or self._overwrite:
+            return
+        raise WorkDirError(
+            f'--resume: {path} cannot be read, and it is not damaged, so it is not skipped (resuming from an older '
+            f'checkpoint would overwrite it): {error} Choose: fix what the message names (e.g. pass '
+            f'--trust-checkpoint if you trust the file), resume from another checkpoint in a new work dir '
+            f'(--work-dir NEW_DIR --resume OLDER.pth), or pass --overwrite-work-dir to replace it.') from None
 
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,
                map_location: Union[str, Callable] = 'default') -> None:
