@@ -14,9 +14,9 @@ import re
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from mmengine.dist import broadcast_object_list, get_world_size
+from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
-from mmengine.hooks import CheckpointHook
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from ..checkpoint import (CheckpointError, DamagedCheckpointError, MissingCheckpointError, _listed,
