@@ -142,3 +142,22 @@ def test_class_names_come_from_the_checkpoint_else_from_the_config(scope):
     assert inferencer.model.dataset_meta['classes'] == ('cat', 'dog')
     shown = seen['classes'] if scope == 'mmseg' else visualizer.dataset_meta['classes']
     assert shown == ('cat', 'dog')
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, capsys):
+    """A PNG header that promises 30000 x 30000 pixels (2.5 GiB decoded) is refused from its header alone; the limit
+    is --max-pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    header = struct.pack('>IIBBBBB', 30000, 30000, 8, 2, 0, 0, 0)  # 8-bit RGB
+    bomb = tmp_path / 'huge.png'
+    bomb.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b''))
+    err = refusal(capsys, bomb, TOY_DET, '--random-weights')
+    assert (f"error: '{bomb}' is 30000x30000 pixels (900 megapixels), over the --max-pixels limit of 50 megapixels: "
+            'decoding it alone takes 2.5 GiB. Downscale the image, or raise --max-pixels') in err
+    err = refusal(capsys, PHOTO, TOY_DET, '--random-weights', '--max-pixels', '1e5')
+    assert 'is 512x600 pixels (0.307 megapixels), over the --max-pixels limit of 0.1 megapixels' in err

@@ -346,3 +346,26 @@ def test_an_intact_newest_checkpoint_that_cannot_be_read_stops_resume(trained, f
     overwriting = build_runner(trained, max_iters=6, resume=True, overwrite_work_dir=True)
     overwriting.train()  # the explicit choice: resume from iter_2.pth and replace iter_4.pth
     assert 'resumed epoch: 0, iter: 2' in log_of(overwriting) and (trained / 'iter_6.pth').exists()
+
+
+@pytest.mark.parametrize('meta,expected', [
+    (dict(epoch=0, iter=-4), r"its meta\['iter'\] is -4, not a non-negative integer"),
+    (dict(epoch=0, iter=float('nan')), r"its meta\['iter'\] is nan, not a non-negative integer"),
+    (dict(epoch=0, iter='4'), r"its meta\['iter'\] is '4', not a non-negative integer"),
+    (dict(epoch=True, iter=4), r"its meta\['epoch'\] is True, not a non-negative integer"),
+    (dict(iter=4), r"its meta\['epoch'\] is None, not a non-negative integer"),
+    ([0, 4], r'records no training state \(its meta is list, not a dict with epoch and iter\)'),
+    (None, r'records no training state \(its meta is NoneType.*load_from \(--cfg-options load_from=')])
+def test_resume_checks_the_recorded_position(trained, meta, expected):
+    checkpoint = torch.load(trained / 'iter_4.pth', weights_only=True)
+    if meta is None:
+        checkpoint.pop('meta')
+    elif isinstance(meta, dict):  # the rest of the meta (seed, config ...) as written
+        checkpoint['meta'] = {**{k: v for k, v in checkpoint['meta'].items() if k not in ('epoch', 'iter')}, **meta}
+    else:
+        checkpoint['meta'] = meta
+    torch.save(checkpoint, trained / 'iter_4.pth')
+    for load_from in (None, str(trained / 'iter_4.pth')):  # found by --resume, and named
+        with pytest.raises(CheckpointError, match=expected):
+            build_runner(trained, max_iters=6, resume=True, load_from=load_from).train()
+    assert not (trained / 'iter_6.pth').exists()

@@ -30,6 +30,7 @@ from mmdualvit.checkpoint import CheckpointError, load_checkpoint_weights, read_
 from mmdualvit.engine.launch import require_checkpoint_or_random
 
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
+MAX_PIXELS = 50e6
 
 
 def parse_args(argv=None):
@@ -49,14 +50,38 @@ def parse_args(argv=None):
                         help='unpickle the checkpoint fully (weights_only=False): only for files you trust')
     parser.add_argument('--allow-partial-load', action='store_true',
                         help='load a checkpoint whose tensors do not all match the model (warns instead of failing)')
+    parser.add_argument('--max-pixels', type=float, default=MAX_PIXELS,
+                        help='refuse larger images before decoding them (default 5e7, i.e. 50 megapixels; a small '
+                             'compressed file can decode to gigabytes)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
     return parser, parser.parse_args(argv)
+
+
+def image_size(path):
+    """(width, height) from the image file's header, without decoding its pixels; None where Pillow cannot tell
+    (OpenCV may still read it). Pillow's own decompression-bomb limit is lifted here: this tool names its own."""
+    from PIL import Image
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # noqa: BLE001  (Pillow raises several types for files it does not know)
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def check_inputs(parser, args):
     """Stop with exit status 2 and a message naming the problem and the fix; return the config."""
     if not osp.isfile(args.image):
         parser.error(f'image file {args.image!r} does not exist')
+    size = image_size(args.image)
+    if size is not None and size[0] * size[1] > args.max_pixels:
+        width, height = size
+        parser.error(f'{args.image!r} is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), over the '
+                     f'--max-pixels limit of {args.max_pixels / 1e6:g} megapixels: decoding it alone takes '
+                     f'{width * height * 3 / 2**30:.1f} GiB. Downscale the image, or raise --max-pixels if this '
+                     'machine has the memory for it and the model')
     try:
         readable = mmcv.imread(args.image) is not None
     except Exception:  # noqa: BLE001  (OpenCV raises several types for damaged files; all mean "cannot read")

@@ -76,6 +76,7 @@ class StrictRunner(Runner):
         self._overwrite = bool(self.cfg.get(OVERWRITE_KEY, False))
         self._prefetched: Optional[Tuple[str, dict]] = None
         self._unreadable: List[str] = []  # checkpoints of the work dir that --resume found unreadable
+        self._resuming: Optional[str] = None  # the file resume() is loading
 
     def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
         """mmengine's, where ``None`` also switches off a default hook that mmengine does not define itself (e.g.
@@ -160,12 +161,12 @@ class StrictRunner(Runner):
             self._load_from = self._find_resume_checkpoint()
         elif self._prefetched is None or self._prefetched[0] != self._load_from:
             self._prefetched = (self._load_from, self._read(self._load_from))
-        meta = self._prefetched[1].get('meta') if self._prefetched else None
-        if not isinstance(meta, dict):
-            return  # not a training checkpoint: resume() says so
+        if self._prefetched is None:
+            return  # resume() reads it and says what is wrong
+        meta = check_training_position(self._prefetched[1], self._load_from)
         resumed = osp.abspath(self._load_from)
         newer = [path for kind, step, path in found
-                 if step > int(meta.get(kind, step)) and osp.abspath(path) != resumed and path not in self._unreadable]
+                 if step > meta[kind] and osp.abspath(path) != resumed and path not in self._unreadable]
         if newer:
             raise WorkDirError(
                 f'--resume {self._load_from}: {self.work_dir} holds newer checkpoints ({_names(newer)}), which this '
@@ -286,7 +287,11 @@ class StrictRunner(Runner):
         """mmengine's ``resume``; then a resumed position beyond the configured end is an error, and optimizer
         settings of the config that the checkpoint replaced are named in a warning."""
         configured = _optimizer_settings(self.optim_wrapper) if resume_optimizer else {}
-        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        self._resuming = filename
+        try:
+            super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        finally:
+            self._resuming = None
         loop = self.train_loop
         if isinstance(loop, EpochBasedTrainLoop):
             position, end, unit, skip = self.epoch, loop.max_epochs, ('epoch', 'train_cfg.max_epochs'), ''
@@ -333,6 +338,8 @@ class StrictRunner(Runner):
         else:
             checkpoint = self._read(filename)
         self._prefetched = None
+        if self._resuming == filename:
+            check_training_position(checkpoint, filename)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         load_checkpoint_weights(model, checkpoint, filename, self._strict_load if strict is None else strict,
@@ -340,6 +347,23 @@ class StrictRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+
+def check_training_position(checkpoint: dict, filename: str) -> dict:
+    """The ``meta`` of a checkpoint to resume from, after checking that it records a training position: a dict whose
+    ``epoch`` and ``iter`` are non-negative integers (mmengine would otherwise continue from whatever they hold)."""
+    meta = checkpoint.get('meta')
+    if not isinstance(meta, dict):
+        raise CheckpointError(f'--resume {filename}: the file records no training state (its meta is '
+                              f'{type(meta).__name__}, not a dict with epoch and iter): it holds weights only. Start '
+                              f'a new training from its weights with load_from (--cfg-options load_from={filename}).')
+    for key in ('epoch', 'iter'):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f'--resume {filename}: its meta[{key!r}] is {value!r}, not a non-negative integer: '
+                                  f'the file was not written by a training run, or was altered. Resume from another '
+                                  f'checkpoint, or start a new training from its weights with load_from.')
+    return meta
 
 
 class ClassCountError(ValueError):
