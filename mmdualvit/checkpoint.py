@@ -713,6 +713,7 @@ def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = F
     _check_output_path(src, dst)
     raw = read_checkpoint(src, trust=trust)
     total = sum(1 for _ in _tensors(raw))
+    stored = sum({v.untyped_storage().data_ptr(): v.untyped_storage().nbytes() for _, v in _tensors(raw)}.values())
     state = model_cls.convert_checkpoint(extract_state_dict(raw, repr(src)))
     if not model_cls.is_own_checkpoint(state):
         raise CheckpointError(f'{src!r} is not a {model_cls.__name__} checkpoint: it looks like '
@@ -725,6 +726,12 @@ def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = F
         diff.not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if diff.bad_values:
             raise CheckpointError(diff.values_report(src, 'pass --skip-weight-check'))
+    written = sum(v.numel() * v.element_size() for v in state.values())
+    if written > stored:  # each tensor is saved with a storage of its own
+        raise CheckpointError(
+            f'{src!r} stores {stored / 2**20:.1f} MiB of tensor data, but its tensors share storage so that the '
+            f'converted file would hold {written / 2**20:.1f} MiB: no trained model stores its weights like that. '
+            f'Use the original file (compare its SHA-256).')
     state = OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items())
     try:
         with atomic_open(dst) as f:  # never a half-written file under the final name

@@ -81,6 +81,23 @@ def test_broadcast_views_are_refused_by_reader_and_converter(tmp_path, tiny_sd):
     assert not (tmp_path / 'out.pth').exists()
 
 
+def test_a_converter_refuses_tensors_that_share_one_storage(tmp_path, tiny_sd):
+    """Every tensor a view of one storage the size of the largest: the file stores that once, a conversion would save
+    each view with a storage of its own (the sum of all of them). A plain file converts."""
+    largest = max(v.numel() for v in tiny_sd.values())
+    shared = torch.randn(largest)
+    state = {k: shared[:v.numel()].view(v.shape) for k, v in tiny_sd.items()}
+    torch.save(state, tmp_path / 'shared.pth')
+    stored = largest * 4 / 2**20
+    written = sum(v.numel() for v in tiny_sd.values()) * 4 / 2**20
+    with pytest.raises(CheckpointError, match=rf"stores {stored:.1f} MiB of tensor data, but its tensors share storage "
+                                              rf'so that the converted file would hold {written:.1f} MiB'):
+        checkpoint.convert_checkpoint_file(str(tmp_path / 'shared.pth'), str(tmp_path / 'out.pth'), DualViT)
+    assert not (tmp_path / 'out.pth').exists()
+    torch.save(tiny_sd, tmp_path / 'plain.pth')
+    checkpoint.convert_checkpoint_file(str(tmp_path / 'plain.pth'), str(tmp_path / 'out.pth'), DualViT)
+
+
 def test_meta_tensors_are_refused(tmp_path):
     torch.save({'w': torch.empty(3, device='meta')}, tmp_path / 'meta.pth')
     with pytest.raises(CheckpointError, match=r"tensor 'w' is a meta tensor \(a shape without data\)"):
