@@ -85,11 +85,11 @@ def test_nan_loss_stops_the_run_before_the_step_and_rotation_keeps_the_finite_ch
 
 
 class RecordWeight:
-    """A hook recording ``linear.weight`` after every iteration."""
+    """A hook recording ``linear.weight`` and the BatchNorm buffers after every iteration."""
     priority = 'NORMAL'
 
     def __init__(self):
-        self.weights = []
+        self.weights, self.buffers = [], []
 
     def __getattr__(self, name):  # every other hook point does nothing
         if name.startswith(('before_', 'after_')):
@@ -98,6 +98,7 @@ class RecordWeight:
 
     def after_train_iter(self, runner, *args, **kwargs):
         self.weights.append(runner.model.linear.weight.detach().clone())
+        self.buffers.append({k: v.detach().clone() for k, v in runner.model.norm.named_buffers()})
 
 
 def test_max_skips_skips_that_many_updates_then_stops(tmp_path):
@@ -106,10 +107,13 @@ def test_max_skips_skips_that_many_updates_then_stops(tmp_path):
     skipping = dict(type='mmdualvit.FiniteLossHook', max_skips=1)
     runner = build_runner(tmp_path / 'one', max_iters=6, nan_at={3}, finite_loss=skipping, custom_hooks=[recorder])
     runner.train()
-    assert 'loss is nan at iteration 3: skipped this update (1 of at most 1, default_hooks.finite_loss.max_skips).' \
-        in log_of(runner)
-    assert torch.equal(recorder.weights[2], recorder.weights[1])  # iteration 3 changed nothing
+    assert ('loss is nan at iteration 3: skipped this update, and restored the 3 buffers (BatchNorm statistics) its '
+            'forward pass changed; the data it drew is not drawn again (1 of at most 1, '
+            'default_hooks.finite_loss.max_skips).') in log_of(runner)
+    assert torch.equal(recorder.weights[2], recorder.weights[1])  # iteration 3 changed nothing: no step, and
+    assert all(torch.equal(recorder.buffers[2][k], recorder.buffers[1][k]) for k in recorder.buffers[1])  # no stats
     assert not torch.equal(recorder.weights[3], recorder.weights[2])
+    assert not torch.equal(recorder.buffers[3]['running_mean'], recorder.buffers[2]['running_mean'])
     assert checkpoints(tmp_path / 'one') == {'iter_2.pth': 2, 'iter_4.pth': 4, 'iter_6.pth': 6}
 
     runner = build_runner(tmp_path / 'two', max_iters=8, nan_at={3, 5}, finite_loss=skipping)

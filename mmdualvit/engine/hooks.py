@@ -11,6 +11,7 @@ import torch
 from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 
 from ..checkpoint import _listed, compare_weights
@@ -18,7 +19,8 @@ from ..fileio import ATOMIC_BACKEND, atomic_write
 from ..registry import HOOKS
 
 FINITE_LOSS_FIX = ('lower the learning rate, clip gradients (optim_wrapper.clip_grad=dict(max_norm=...)) or check the '
-                   'data, then --resume from the last checkpoint')
+                   'data, then start from the last checkpoint\'s weights in a new work dir (--work-dir NEW_DIR '
+                   '--cfg-options load_from=CHECKPOINT): --resume would also restore its optimizer\'s learning rate')
 
 # Mark a history buffer / a Counter stored as plain data, so that loading can tell them from other dicts.
 _PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
@@ -155,15 +157,20 @@ class PortableCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(old)
 
 
+def _bare(model):
+    return model.module if is_model_wrapper(model) else model
+
+
 @HOOKS.register_module()
 class FiniteLossHook(Hook):
     """Stop training at a NaN or Inf loss before it reaches the weights, or skip at most ``max_skips`` such steps.
 
     The check runs inside the optimizer wrapper's ``update_params`` (so before ``backward`` and ``step``), on the
     summed loss, for every iteration; in distributed training all ranks decide together. A skipped iteration updates
-    nothing; the ``max_skips + 1``-th non-finite loss of a run stops it with :class:`FloatingPointError`. A model
-    whose ``train_step`` does not call ``update_params`` is checked after the iteration instead, and stopped there
-    (its weights are then already updated, but :class:`PortableCheckpointHook` saves no non-finite weights).
+    nothing: no step, and the buffers its forward pass changed (BatchNorm statistics) are restored; the
+    ``max_skips + 1``-th non-finite loss of a run stops it with :class:`FloatingPointError`. A model whose
+    ``train_step`` does not call ``update_params`` is checked after the iteration instead, and stopped there (its
+    weights are then already updated, but :class:`PortableCheckpointHook` saves no non-finite weights).
 
     mmdet's ``CheckInvalidLossHook`` checks only every 50 iterations, after the step, with an ``assert``.
 
@@ -180,6 +187,7 @@ class FiniteLossHook(Hook):
         self.skipped = 0
         self._checked_iter = None
         self._wrapped = []
+        self._buffers = {}
 
     def before_train(self, runner) -> None:
         self.after_train(runner)  # a previous train() of this hook that raised
@@ -215,11 +223,20 @@ class FiniteLossHook(Hook):
         if not math.isfinite(value):
             raise FloatingPointError(self._message(runner, f'{value}', 'after this step updated'))
 
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self.skipped < self.max_skips:  # this iteration may be skipped: keep what its forward pass changes
+            self._buffers = {name: buffer.detach().clone() for name, buffer in _bare(runner.model).named_buffers()}
+
     def _non_finite(self, runner, value: str, when: str) -> None:
         if self.skipped < self.max_skips:
             self.skipped += 1
-            runner.logger.warning(f'loss is {value} at iteration {runner.iter + 1}: skipped this update '
-                                  f'({self.skipped} of at most {self.max_skips}, default_hooks.finite_loss.max_skips).')
+            with torch.no_grad():  # BatchNorm's running statistics and counters, as before the forward pass
+                for name, buffer in _bare(runner.model).named_buffers():
+                    buffer.copy_(self._buffers[name])
+            runner.logger.warning(f'loss is {value} at iteration {runner.iter + 1}: skipped this update, and restored '
+                                  f'the {len(self._buffers)} buffers (BatchNorm statistics) its forward pass changed; '
+                                  f'the data it drew is not drawn again ({self.skipped} of at most {self.max_skips}, '
+                                  f'default_hooks.finite_loss.max_skips).')
             return
         raise FloatingPointError(self._message(runner, value, when))
 
