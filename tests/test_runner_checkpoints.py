@@ -369,3 +369,19 @@ def test_resume_checks_the_recorded_position(trained, meta, expected):
         with pytest.raises(CheckpointError, match=expected):
             build_runner(trained, max_iters=6, resume=True, load_from=load_from).train()
     assert not (trained / 'iter_6.pth').exists()
+
+
+def test_only_a_training_holding_the_lock_dumps_its_config_into_the_work_dir(trained):
+    """mmengine dumps the config while the runner is built: a refused training, or a test run given a training's
+    work dir, would put (or replace) a config file beside the checkpoints. A test run dumps into its log folder."""
+    from mmdualvit.engine.runner import WorkDirError
+    files = sorted(p.name for p in trained.iterdir() if p.is_file())
+    tester = build_runner(trained, test=True, load_from=str(trained / 'iter_4.pth'))
+    tester.test()
+    assert (Path(tester.log_dir) / f'{tester.timestamp}.py').is_file()
+    with pytest.raises(WorkDirError, match='already holds checkpoints'):
+        build_runner(trained, max_iters=6).train()
+    assert sorted(p.name for p in trained.iterdir() if p.is_file()) == files
+    resumed = build_runner(trained, max_iters=6, resume=True)
+    resumed.train()
+    assert (trained / f'{resumed.timestamp}.py').is_file()

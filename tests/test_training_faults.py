@@ -487,9 +487,14 @@ def test_train_tool_refuses_a_used_work_dir_and_stops_a_diverging_run(toy_root):
     assert rc == 0, out[-3000:]
     first = (toy_root / 'work' / 'iter_2.pth').read_bytes()
 
-    rc, out = train_tool([*train, '--cfg-options', 'train_cfg.max_iters=2', *FAST], toy_root)
+    dumped = toy_root / 'work' / TOY_DET.name  # the config that trained iter_2.pth
+    trained_with = dumped.read_text()
+    assert 'max_iters=2' in trained_with
+
+    rc, out = train_tool([*train, '--cfg-options', 'train_cfg.max_iters=3', *FAST], toy_root)
     assert rc == 1 and f'WorkDirError: {toy_root}/work already holds checkpoints (iter_2.pth)' in out, out[-3000:]
     assert '--overwrite-work-dir' in out and (toy_root / 'work' / 'iter_2.pth').read_bytes() == first
+    assert dumped.read_text() == trained_with  # the refused run did not replace it
 
     # Allowed to overwrite, with a learning rate that makes it diverge: it stops, and iter_2.pth stays finite.
     rc, out = train_tool([*train, '--overwrite-work-dir', '--cfg-options', 'train_cfg.max_iters=4',

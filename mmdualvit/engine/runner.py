@@ -65,7 +65,8 @@ class StrictRunner(Runner):
       (``--overwrite-work-dir``);
     - removes the temporaries that writes killed half-way left there (never those of a live writer).
 
-    Testing and validation take no lock and delete nothing.
+    Testing and validation take no lock and delete nothing. The config is dumped into the work dir only by a training
+    that holds the lock and passed these checks; a test or validation run dumps it into its own log folder.
     """
 
     def __init__(self, *args, **kwargs):
@@ -101,6 +102,7 @@ class StrictRunner(Runner):
                     for path in remove_stale_temporaries(self.work_dir):
                         self.logger.warning(f'Removed {path}: the temporary of a write that was interrupted.')
                     self._check_work_dir()
+                    self._dump_config_into(self.work_dir)
                 except BaseException:
                     release_lock(lock)
                     raise
@@ -118,6 +120,26 @@ class StrictRunner(Runner):
         finally:
             if self.rank == 0:
                 release_lock(lock)
+
+    def dump_config(self) -> None:
+        """Deferred: mmengine dumps the config into the work dir while the runner is built, before anything is
+        checked, so a refused training, or an evaluation given a training's work dir, replaced the config that sits
+        beside the checkpoints. :meth:`train` dumps it into the work dir once it holds the lock and the checks passed;
+        :meth:`val` and :meth:`test` into their own timestamped log folder."""
+
+    def _dump_config_into(self, directory: str) -> None:
+        name = osp.basename(self.cfg.filename) if self.cfg.filename is not None else f'{self.timestamp}.py'
+        self.cfg.dump(osp.join(directory, name))
+
+    def val(self) -> dict:
+        if self.rank == 0:
+            self._dump_config_into(self.log_dir)
+        return super().val()
+
+    def test(self) -> dict:
+        if self.rank == 0:
+            self._dump_config_into(self.log_dir)
+        return super().test()
 
     def _work_dir_checkpoints(self) -> List[Tuple[str, int, str]]:
         """``(kind, step, path)`` of the training checkpoints of this work dir, newest first: ``epoch_N.pth`` /
