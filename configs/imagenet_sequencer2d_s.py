@@ -13,9 +13,6 @@ model = dict(
     type='mmdualvit.ImageNetClassifier',
     backbone=dict(type='mmdualvit.Sequencer2D', arch='s', pyramid='native', out_indices=(3, )),
     head=dict(type='mmdualvit.Sequencer2DClsHead', num_classes=1000, in_channels=384, topk=(1, 5)))
-# Strict, safe loading for load_from / resume / test, and a --resume that never discards trained checkpoints; one
-# training per work dir, never over its checkpoints; checkpoints written atomically that load with plain
-# torch.load(weights_only=True), with or without mmdualvit, and never hold NaN/Inf; a NaN/Inf loss stops training.
+# Strict, safe loading of the checkpoint given to tools/test.py (mmpretrain's own tools/test.py honours it too): a
+# file that does not fit the model is an error, never a random init. Evaluation only, so no training hooks.
 runner_type = 'mmdualvit.StrictRunner'
-default_hooks = dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook'),
-                     finite_loss=dict(type='mmdualvit.FiniteLossHook'))
