@@ -159,6 +159,12 @@ def acquire_lock(path: Union[str, Path]) -> Optional[dict]:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
+            odd = 'a symbolic link' if osp.islink(path) else 'a directory' if osp.isdir(path) else None
+            if odd is not None:  # never written by acquire_lock
+                raise WorkDirLockedError(
+                    f'{path} is {odd}, not a lock file of mmdualvit, so no training can take this work dir\'s lock. '
+                    f'If no training uses {osp.dirname(path) or "."}, remove it (rm -r {path}) and start again; or '
+                    f'train in another work dir (--work-dir).') from None
             holder = _read_lock(path)
             if holder is None:  # released meanwhile
                 continue

@@ -542,3 +542,23 @@ def test_checkpoints_are_found_wherever_the_hook_writes_them(tmp_path, options):
     resumed.train()
     assert resumed.iter == 6 and f'resuming from the newest readable checkpoint, {saved[1]}' in \
         Path(resumed.log_dir, f'{resumed.timestamp}.log').read_text()
+
+
+@pytest.mark.parametrize('odd', ['directory', 'dangling link', 'link to a file'])
+def test_a_lock_path_that_is_not_a_lock_file_is_named(tmp_path, odd):
+    work = tmp_path / 'work'
+    work.mkdir()
+    lock = work / LOCK_NAME
+    if odd == 'directory':
+        lock.mkdir()
+    else:
+        target = tmp_path / 'elsewhere.json'
+        if odd == 'link to a file':
+            target.write_text(json.dumps(dict(pid=1, host='x')))
+        lock.symlink_to(target)
+    kind = 'a directory' if odd == 'directory' else 'a symbolic link'
+    with pytest.raises(WorkDirLockedError, match=re.escape(f'{lock} is {kind}, not a lock file of mmdualvit, so no '
+                                                           f'training can take this work dir\'s lock. If no training '
+                                                           f'uses {work}, remove it (rm -r {lock})')):
+        build_runner(work, max_iters=2).train()
+    assert not list(work.glob('*.pth'))
