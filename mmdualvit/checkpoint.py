@@ -294,7 +294,7 @@ def _download(url: str, dest: str) -> None:
 def _read_local(path: str, name: str, trust: bool) -> dict:
     """Read local ``path``; messages name ``name`` (the URL of a fetched file)."""
     corrupt = f'checkpoint file {name!r} is truncated or corrupt ({{}}); download it again and compare its SHA-256.'
-    if name.endswith('.safetensors'):
+    if name.endswith('.safetensors') or _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
@@ -329,6 +329,18 @@ def _read_local(path: str, name: str, trust: bool) -> dict:
                               f'(a state_dict or a checkpoint holding one); it is not a model checkpoint.')
     _check_no_expanded_views(checkpoint, name)
     return checkpoint
+
+
+def _is_safetensors(path: str) -> bool:
+    """Whether ``path`` holds the safetensors format whatever its name: an 8-byte little-endian header length, then
+    the JSON header. (A torch pickle starts with a zip signature or a pickle opcode, never with that.)"""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(9)
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') <= size - 8
 
 
 def _raise_read_failure(err: OSError, name: str, corrupt: str) -> None:
@@ -501,6 +513,11 @@ class WeightDiff:
                 f'checkpoint: use another file, or {override} to load it anyway.')
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # torch has no isfinite for the 1-byte float8 types: check them as float32.
+    return bool(torch.isfinite(tensor.float() if tensor.element_size() == 1 else tensor).all())
+
+
 def compare_weights(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor],
                     check_values: bool = True) -> WeightDiff:
     """Compare a (converted) checkpoint ``state`` with a model's ``own`` state_dict: keys, shapes and, with
@@ -516,7 +533,7 @@ def compare_weights(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]
         elif check_values and mine.is_floating_point():
             if not theirs.is_floating_point():
                 diff.not_float.append((key, theirs.dtype))
-            elif not bool(torch.isfinite(theirs).all()):
+            elif not _all_finite(theirs):
                 diff.not_finite.append(key)
     diff.unexpected = [k for k in state if k not in own]
     return diff
@@ -723,7 +740,7 @@ def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = F
         diff = WeightDiff(expected=len(state))
         diff.not_float = [(k, v.dtype) for k, v in state.items()
                           if not v.is_floating_point() and not k.endswith('num_batches_tracked')]
-        diff.not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        diff.not_finite = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
         if diff.bad_values:
             raise CheckpointError(diff.values_report(src, 'pass --skip-weight-check'))
     written = sum(v.numel() * v.element_size() for v in state.values())

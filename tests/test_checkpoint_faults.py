@@ -98,6 +98,22 @@ def test_a_converter_refuses_tensors_that_share_one_storage(tmp_path, tiny_sd):
     checkpoint.convert_checkpoint_file(str(tmp_path / 'plain.pth'), str(tmp_path / 'out.pth'), DualViT)
 
 
+def test_a_safetensors_file_is_read_whatever_its_name(tmp_path, tiny_sd):
+    save_file({k: v.contiguous() for k, v in tiny_sd.items()}, str(tmp_path / 'model.pth'))  # not a pickle
+    read = read_checkpoint(str(tmp_path / 'model.pth'))
+    assert all(torch.equal(read[k], tiny_sd[k]) for k in tiny_sd)
+
+
+@pytest.mark.skipif(not hasattr(torch, 'float8_e4m3fn'), reason='torch without float8')
+def test_float8_weights_are_checked_like_other_floats():
+    """torch has no isfinite for float8: the value check must not fail with NotImplementedError."""
+    own = {'w': torch.zeros(3)}
+    finite = torch.tensor([1., 2., 3.]).to(torch.float8_e4m3fn)
+    assert not checkpoint.compare_weights(own, {'w': finite}).bad_values
+    assert checkpoint.compare_weights(own, {'w': torch.tensor([1., float('nan'), 3.]).to(torch.float8_e4m3fn)}
+                                      ).not_finite == ['w']
+
+
 def test_meta_tensors_are_refused(tmp_path):
     torch.save({'w': torch.empty(3, device='meta')}, tmp_path / 'meta.pth')
     with pytest.raises(CheckpointError, match=r"tensor 'w' is a meta tensor \(a shape without data\)"):
