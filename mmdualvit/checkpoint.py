@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 
-from .fileio import atomic_open, remove_stale_temporaries
+from .fileio import atomic_open, remove_stale_temporaries, unwritable_reason
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
 PRETRAINED = 'Pretrained'
@@ -774,13 +774,9 @@ def _check_output_path(src: str, dst: str) -> None:
     if '://' not in src and os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise CheckpointError(f'output {dst!r} is the input file; write the converted checkpoint to another path '
                               f'(the original is needed to convert again).')
-    parent = os.path.dirname(os.path.abspath(dst))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise CheckpointError(f'cannot write {dst!r}: {existing!r} is not a writable directory; choose another '
-                              f'output path.')
+    reason = unwritable_reason(os.path.dirname(os.path.abspath(dst)))
+    if reason:
+        raise CheckpointError(f'cannot write {dst!r}: {reason}; choose another output path.')
 
 
 def converter_cli(model_cls: type, description: str, argv=None) -> dict:

@@ -91,6 +91,19 @@ def atomic_open(filepath: Union[str, Path]) -> Iterator[BinaryIO]:
         raise
 
 
+def unwritable_reason(directory: Union[str, Path]) -> Optional[str]:
+    """Why files cannot be written into ``directory`` (created if missing), or None: checked before any work, so
+    that an output path fails in a second, not after the work it was to hold."""
+    existing = osp.abspath(directory)
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        return f'{existing!r} is a file, not a directory'
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f'{existing!r} is not writable'
+    return None
+
+
 def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
     """Write ``data`` to ``filepath`` through :func:`atomic_open`."""
     with atomic_open(filepath) as f:

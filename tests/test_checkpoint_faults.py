@@ -469,7 +469,7 @@ def test_converter_checks_its_output_before_reading_the_input(tmp_path, tiny_sd,
         str(tmp_path / 'src.pth'): 'is the input file; write the converted checkpoint to another path',
         str(tmp_path): 'is a directory; give a file name inside it',
         '': 'names no file',
-        str(tmp_path / 'a_file' / 'out.pth'): "is not a writable directory",
+        str(tmp_path / 'a_file' / 'out.pth'): f"{str(tmp_path / 'a_file')!r} is a file, not a directory",
     }
     monkeypatch.setattr(checkpoint, 'read_checkpoint', lambda *a, **k: pytest.fail('the input was read first'))
     for dst, expected in cases.items():

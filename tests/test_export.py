@@ -289,6 +289,8 @@ def test_tool_writes_a_verified_file(tmp_path):
     (['ckpt.pth', '--random-weights'], 'give a CHECKPOINT or --random-weights, not both'),
     (['--random-weights', '--shape', '0', '64'], '--shape needs positive sizes, got 0 64'),
     (['--random-weights', '--out', 'model.pt'], "--out 'model.pt': name the file to write, ending in .onnx"),
+    (['--random-weights', '--out', '/dev/null/model.onnx'],
+     "--out '/dev/null/model.onnx' cannot be written: '/dev/null' is a file, not a directory; choose another path"),
     (['missing.pth'], "checkpoint file 'missing.pth' does not exist"),
 ])
 def test_tool_refuses_bad_arguments(tool_main, args, message, tmp_path, capsys):

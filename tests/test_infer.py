@@ -161,3 +161,9 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, caps
             'decoding it alone takes 2.5 GiB. Downscale the image, or raise --max-pixels') in err
     err = refusal(capsys, PHOTO, TOY_DET, '--random-weights', '--max-pixels', '1e5')
     assert 'is 512x600 pixels (0.307 megapixels), over the --max-pixels limit of 0.1 megapixels' in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(capsys):
+    err = refusal(capsys, PHOTO, TOY_DET, '--random-weights', '--out-dir', '/dev/null/outputs')
+    assert ("error: --out-dir '/dev/null/outputs' cannot hold the results: '/dev/null' is a file, not a directory; "
+            'choose another folder') in err

@@ -28,6 +28,7 @@ from mmengine.registry import DATASETS, init_default_scope
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
 from mmdualvit.checkpoint import CheckpointError, load_checkpoint_weights, read_checkpoint
 from mmdualvit.engine.launch import require_checkpoint_or_random
+from mmdualvit.fileio import unwritable_reason
 
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 MAX_PIXELS = 50e6
@@ -75,6 +76,9 @@ def check_inputs(parser, args):
     """Stop with exit status 2 and a message naming the problem and the fix; return the config."""
     if not osp.isfile(args.image):
         parser.error(f'image file {args.image!r} does not exist')
+    reason = unwritable_reason(args.out_dir)
+    if reason:
+        parser.error(f'--out-dir {args.out_dir!r} cannot hold the results: {reason}; choose another folder')
     size = image_size(args.image)
     if size is not None and size[0] * size[1] > args.max_pixels:
         width, height = size

@@ -24,6 +24,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmdualvit.checkpoint import CheckpointError  # noqa: E402
 from mmdualvit.deployment import TOLERANCE, ExportError, ExportWrapper, build_model, describe, export_onnx  # noqa: E402
 from mmdualvit.engine.launch import require_checkpoint_or_random  # noqa: E402
+from mmdualvit.fileio import unwritable_reason  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -56,6 +57,9 @@ def check_inputs(parser, args) -> None:
         parser.error(f'--out {args.out!r}: name the file to write, ending in .onnx')
     if osp.isdir(args.out):
         parser.error(f'--out {args.out!r} is a directory; name the .onnx file to write')
+    reason = unwritable_reason(osp.dirname(osp.abspath(args.out)))
+    if reason:
+        parser.error(f'--out {args.out!r} cannot be written: {reason}; choose another path')
 
 
 def main(argv=None) -> int:
