@@ -729,8 +729,9 @@ def convert_checkpoint_file(src: str, dst: str, model_cls: type, trust: bool = F
     """
     _check_output_path(src, dst)
     raw = read_checkpoint(src, trust=trust)
-    total = sum(1 for _ in _tensors(raw))
-    stored = sum({v.untyped_storage().data_ptr(): v.untyped_storage().nbytes() for _, v in _tensors(raw)}.values())
+    storages = [v.untyped_storage() for _, v in _tensors(raw)]
+    total = len(storages)
+    stored = sum({s.data_ptr(): s.nbytes() for s in storages}.values())
     state = model_cls.convert_checkpoint(extract_state_dict(raw, repr(src)))
     if not model_cls.is_own_checkpoint(state):
         raise CheckpointError(f'{src!r} is not a {model_cls.__name__} checkpoint: it looks like '

@@ -25,14 +25,16 @@ def documented_configs() -> dict:
 
 
 def user_project(root, name: str):
-    """A user's project in ``root``: our ``configs/`` beside ``my_configs/`` with the documented file, and both
-    datasets of the doc generated with two classes (two images per split). Returns the config path."""
+    """A user's project in ``root``: our ``configs/`` beside ``my_configs/`` with the documented file, and the
+    dataset it reads generated with two classes (two images per split). Returns the config path."""
     (root / 'configs').symlink_to(REPO / 'configs')
     path = root / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(documented_configs()[name])
-    make_toy_coco(root / 'data' / 'shapes', num_train=2, num_val=2, classes=CLASSES)
-    make_toy_ade(root / 'data' / 'shapes_seg', num_train=2, num_val=2, classes=CLASSES)
+    if name == DETECTION:
+        make_toy_coco(root / 'data' / 'shapes', num_train=2, num_val=2, classes=CLASSES)
+    else:
+        make_toy_ade(root / 'data' / 'shapes_seg', num_train=2, num_val=2, classes=CLASSES)
     return path
 
 

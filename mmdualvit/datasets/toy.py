@@ -265,8 +265,8 @@ def make_toy_ade(out_dir: PathLike,
     ``seg_map_suffix='.png'``. Labels are uint8 single-channel: 0 is background and 1, 2, ... are ``classes``, i.e.
     the indices of ``('background', ) + classes`` (``TOY_SEG_CLASSES`` by default). Load with
     ``reduce_zero_label=False``: background is a real class here (most pixels are background, and a segmentor must not
-    paint it with shapes), so mIoU counts it. ADE20K's own
-    ``reduce_zero_label=True`` would turn it into the ignore index and hide it from training and metrics.
+    paint it with shapes), so mIoU counts it. ADE20K's own ``reduce_zero_label=True`` would turn it into the ignore
+    index and hide it from training and metrics.
 
     mmseg's ``ADE20KDataset`` rejects ``metainfo=dict(classes=TOY_SEG_CLASSES)`` (classes must be a subset of
     ADE's 150), so configs should use ``type='BaseSegDataset'`` with that metainfo and the arguments above.

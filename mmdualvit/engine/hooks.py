@@ -11,7 +11,6 @@ import torch
 from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
-from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 
 from ..checkpoint import _listed, compare_weights
@@ -157,10 +156,6 @@ class PortableCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(old)
 
 
-def _bare(model):
-    return model.module if is_model_wrapper(model) else model
-
-
 @HOOKS.register_module()
 class FiniteLossHook(Hook):
     """Stop training at a NaN or Inf loss before it reaches the weights, or skip at most ``max_skips`` such steps.
@@ -225,13 +220,13 @@ class FiniteLossHook(Hook):
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self.skipped < self.max_skips:  # this iteration may be skipped: keep what its forward pass changes
-            self._buffers = {name: buffer.detach().clone() for name, buffer in _bare(runner.model).named_buffers()}
+            self._buffers = {name: buffer.detach().clone() for name, buffer in runner.model.named_buffers()}
 
     def _non_finite(self, runner, value: str, when: str) -> None:
         if self.skipped < self.max_skips:
             self.skipped += 1
             with torch.no_grad():  # BatchNorm's running statistics and counters, as before the forward pass
-                for name, buffer in _bare(runner.model).named_buffers():
+                for name, buffer in runner.model.named_buffers():
                     buffer.copy_(self._buffers[name])
             runner.logger.warning(f'loss is {value} at iteration {runner.iter + 1}: skipped this update, and restored '
                                   f'the {len(self._buffers)} buffers (BatchNorm statistics) its forward pass changed; '

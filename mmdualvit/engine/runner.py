@@ -147,8 +147,10 @@ class StrictRunner(Runner):
         say (mmengine saves into ``out_dir/<work dir's name>``). A remote ``out_dir`` cannot be listed here."""
         places = [(self.work_dir, _CHECKPOINT_NAME, None)]
         for hook in self.hooks:
-            out_dir = str(getattr(hook, 'out_dir', None) or self.work_dir)
-            if not isinstance(hook, CheckpointHook) or '://' in out_dir:
+            if not isinstance(hook, CheckpointHook):
+                continue
+            out_dir = str(hook.out_dir or self.work_dir)
+            if '://' in out_dir:
                 continue
             if osp.abspath(out_dir) != osp.abspath(self.work_dir):
                 out_dir = osp.join(out_dir, osp.basename(self.work_dir.rstrip(osp.sep)))
