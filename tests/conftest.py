@@ -76,8 +76,12 @@ def http_root(tmp_path):
 @pytest.fixture(autouse=True)
 def _own_download_cache(tmp_path_factory, monkeypatch):
     """Each test (and the processes it starts) downloads into a torch.hub cache of its own (``TORCH_HOME``), never
-    into the user's ``~/.cache/torch`` nor into another test's."""
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path_factory.mktemp('torch-home')))
+    into the user's ``~/.cache/torch`` nor into another test's; deleted after the test."""
+    import shutil
+    home = tmp_path_factory.mktemp('torch-home')
+    monkeypatch.setenv('TORCH_HOME', str(home))
+    yield
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
