@@ -142,6 +142,21 @@ def test_class_names_come_from_the_checkpoint_else_from_the_config(scope):
     assert inferencer.model.dataset_meta['classes'] == ('cat', 'dog')
     shown = seen['classes'] if scope == 'mmseg' else visualizer.dataset_meta['classes']
     assert shown == ('cat', 'dog')
+    # mmdet 2.x / mmseg 0.x files (the authors' trained models): meta.CLASSES and meta.PALETTE
+    legacy = {'state_dict': state, 'meta': {'CLASSES': ['ant', 'bee'], 'PALETTE': [[4, 5, 6]] * 2, 'epoch': 12}}
+    infer.load_weights(inferencer, cfg, legacy, 'mmdet2.pth', strict=True)
+    assert inferencer.model.dataset_meta['classes'] == ('ant', 'bee')
+    assert inferencer.model.dataset_meta['palette'] == [[4, 5, 6]] * 2
+
+
+@pytest.mark.parametrize('config, first, count', [('maskrcnn_dualvit_s_coco.py', 'person', 80),
+                                                  ('upernet_dualvit_s_ade20k.py', 'wall', 150)])
+def test_class_names_come_from_the_dataset_type_of_our_configs(config, first, count):
+    """Our COCO / ADE20K configs name no classes themselves: the dataset type's (CocoDataset, ADE20KDataset) are
+    used, as mmdet's init_detector does (it refused: 'no class names in the config')."""
+    cfg = Config.fromfile(REPO / 'configs' / config)
+    meta = infer.config_dataset_meta(cfg)
+    assert len(meta['classes']) == count and meta['classes'][0] == first
 
 
 def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, capsys):

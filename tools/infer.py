@@ -13,9 +13,12 @@ A thin wrapper over mmdet's ``DetInferencer`` (configs with ``default_scope = 'm
 
 The checkpoint is read as ``tools/test.py`` reads it: ``weights_only`` unless ``--trust-checkpoint``, and every
 tensor must match the model (``--allow-partial-load`` to relax). Class names and colours come from the checkpoint
-(files written by ``tools/train.py`` carry them), else from the config's test dataset.
+(``dataset_meta`` of files written by ``tools/train.py``, ``CLASSES`` / ``PALETTE`` of mmdet 2.x / mmseg 0.x files
+such as the authors' trained models), else from the config's test dataset (its ``metainfo``, else its type's: COCO
+or ADE20K names).
 """
 import argparse
+import importlib
 import os
 import os.path as osp
 import sys
@@ -23,7 +26,7 @@ import warnings
 
 import mmcv
 from mmengine.config import Config, DictAction
-from mmengine.registry import DATASETS, init_default_scope
+from mmengine.registry import init_default_scope
 
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
 from mmdualvit.checkpoint import CheckpointError, load_checkpoint_weights, read_checkpoint
@@ -108,13 +111,25 @@ def check_inputs(parser, args):
 
 
 def config_dataset_meta(cfg):
-    """Class names (and palette) of the config's test dataset: its ``metainfo`` over its class's ``METAINFO``."""
+    """Class names (and palette) of the config's test dataset: its ``metainfo`` over its class's ``METAINFO`` (e.g.
+    the 80 COCO or 150 ADE20K names)."""
     dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     meta = {}
-    if isinstance(dataset.get('type'), str) and DATASETS.get(dataset['type']) is not None:
-        meta.update(getattr(DATASETS.get(dataset['type']), 'METAINFO', {}))
+    datasets = importlib.import_module(f'{cfg.default_scope}.registry').DATASETS  # mmdet's or mmseg's own
+    if isinstance(dataset.get('type'), str) and datasets.get(dataset['type']) is not None:
+        meta.update(getattr(datasets.get(dataset['type']), 'METAINFO', {}))
     meta.update(dataset.get('metainfo') or {})
     return meta
+
+
+def checkpoint_dataset_meta(checkpoint):
+    """Class names (and palette) a checkpoint carries: ``meta.dataset_meta`` (mmengine runners), or ``meta.CLASSES``
+    and ``meta.PALETTE`` (mmcv 1.x runners of mmdet 2.x / mmseg 0.x, e.g. the authors' trained models)."""
+    meta = checkpoint.get('meta') or {}
+    if meta.get('dataset_meta'):
+        return dict(meta['dataset_meta'])
+    found = {key.lower(): meta[key] for key in ('CLASSES', 'PALETTE') if meta.get(key) is not None}
+    return {key: tuple(value) if key == 'classes' else value for key, value in found.items()}
 
 
 def build_inferencer(cfg, scope, device):
@@ -136,7 +151,7 @@ def load_weights(inferencer, cfg, checkpoint, checkpoint_file, strict):
     meta = config_dataset_meta(cfg)
     if checkpoint is not None:
         load_checkpoint_weights(inferencer.model, checkpoint, checkpoint_file, strict)
-        meta.update(checkpoint.get('meta', {}).get('dataset_meta') or {})
+        meta.update(checkpoint_dataset_meta(checkpoint))
     meta = {key.lower(): value for key, value in meta.items()}
     if 'classes' not in meta:
         raise CheckpointError(f'no class names in {checkpoint_file or "the config"}: set '
