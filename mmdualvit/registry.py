@@ -9,6 +9,7 @@ from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
@@ -19,6 +20,8 @@ OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope
 RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mmdualvit', locations=['mmdualvit.engine'])
 # Located lazily, as the visualizers below: mmdualvit.datasets.checks imports mmdet.
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmdualvit', locations=['mmdualvit.datasets.checks'])
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmdualvit',
+                      locations=['mmdualvit.datasets.transforms'])
 # Located lazily: mmdualvit.visualization imports mmseg, which the package itself does not.
 VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS, scope='mmdualvit',
                        locations=['mmdualvit.visualization'])

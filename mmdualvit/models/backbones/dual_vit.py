@@ -288,6 +288,10 @@ class DualViT(BaseBackbone):
             norms (``norm{i}``, ``norm_proxy{i}``).
         norm_eval (bool): Keep the stem's BN layers in eval mode while training.
         with_cp (bool): Gradient checkpointing per block (less memory, same outputs and gradients).
+        test_tile_size (int, optional): In eval mode, for an input taller or wider than this, replace the features
+            of the whole image by those of tiles of this size, as the official segmentation backbone does at test
+            time (768; see :meth:`tiled_forward`). ``None`` (default): the whole image, as the official detection
+            backbone. Training is unaffected.
         fused_attention (bool): Run every attention through ``scaled_dot_product_attention`` (default).
             ``False`` materialises every attention matrix, the initial semantic cross-attention included, like
             the official code; it exists for benchmarks and numerical audits.
@@ -330,11 +334,17 @@ class DualViT(BaseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  fused_attention: bool = True,
+                 test_tile_size: Optional[int] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(arch, in_channels, out_indices, frozen_stages, drop_path_rate, with_cp, norm_eval, init_cfg)
         if out_type not in ('featmap', 'raw'):
             raise ValueError(f"DualViT: out_type must be 'featmap' or 'raw', got {out_type!r}.")
+        if test_tile_size is not None and (out_type != 'featmap' or not isinstance(test_tile_size, int)
+                                           or test_tile_size % 32 or test_tile_size < self.min_input_size):
+            raise ValueError(f"DualViT: test_tile_size must be None or a multiple of 32 (768 is the official "
+                             f"value), with out_type='featmap'; got {test_tile_size!r} (out_type={out_type!r}).")
         self.out_type = out_type
+        self.test_tile_size = test_tile_size
         self.fused_attention = fused_attention
         settings = self.arch_settings
         dims, c1 = self.embed_dims, self.embed_dims[0]
@@ -495,6 +505,40 @@ class DualViT(BaseBackbone):
         """Return the outputs of ``out_indices``: NCHW maps (strides 4, 8, 16, 32), except that with
         ``out_type='raw'`` the last stage gives its unnormalised ``(pixel tokens, semantic tokens)``."""
         self._check_input(x)
+        tile = self.test_tile_size
+        if tile is not None and not self.training and max(x.shape[-2:]) > tile:
+            return self.tiled_forward(x, tile)
+        return self._forward(x)
+
+    def tiled_forward(self, x: torch.Tensor, tile: int) -> tuple:
+        """The official segmentation backbone's test-time features for inputs larger than ``tile``: the whole
+        image's maps, then overwritten tile by tile with the maps of ``tile`` x ``tile`` crops. Crops start every
+        ``tile`` pixels, except the last of a row or column, which ends at the image's edge (so it overlaps its
+        neighbour). Each crop's maps are written where the previous crops' maps end, the last one flush with the
+        far edge, so that the overlap takes the last crop's values. The semantic tokens of each crop see only that
+        crop: the outputs differ from the whole image's, as upstream."""
+        outs = [out.clone() for out in self._forward(x)]
+
+        def starts(length):
+            count = -(-length // tile)
+            return [i * tile for i in range(count - 1)] + [max(0, length - tile)]
+
+        rows, cols = starts(x.shape[-2]), starts(x.shape[-1])
+        top = [0] * len(outs)
+        for r, y in enumerate(rows):
+            left = [0] * len(outs)
+            for c, x0 in enumerate(cols):
+                crops = self._forward(x[..., y:y + tile, x0:x0 + tile])
+                for j, (out, crop) in enumerate(zip(outs, crops)):
+                    h, w = crop.shape[-2:]
+                    y1 = out.shape[-2] - h if r == len(rows) - 1 else top[j]
+                    x1 = out.shape[-1] - w if c == len(cols) - 1 else left[j]
+                    out[..., y1:y1 + h, x1:x1 + w] = crop
+                    left[j] += w
+            top = [t + crop.shape[-2] for t, crop in zip(top, crops)]
+        return tuple(outs)
+
+    def _forward(self, x: torch.Tensor) -> tuple:
         outs = []
         semantics = None
         for i in range(self.num_stages):

@@ -376,3 +376,32 @@ def test_semantic_token_count_rule(size, tokens):
     with torch.no_grad():
         model(torch.zeros(1, 3, *size))
     assert seen == [tokens] == [(math.ceil(size[0] / 4) // 7) * (math.ceil(size[1] / 4) // 7)]
+
+
+def test_test_tile_size_gives_the_official_tiled_features():
+    """test_tile_size (the official segmentation backbone's test time): in eval mode an input wider than the tile
+    takes each stage's features from tile crops, placed one after the other, the last flush with the far edge (it
+    overlaps its neighbour and wins); training and inputs within the tile use the whole image."""
+    torch.manual_seed(0)
+    model = DualViT(arch=TINY, test_tile_size=64).eval()
+    x = torch.randn(1, 3, 64, 160)  # column crops at 0, 64 and 96 (the last ends at 160)
+    with torch.no_grad():
+        tiled = model(x)
+        crops = [model._forward(x[..., :, left:left + 64]) for left in (0, 64, 96)]
+        whole = model._forward(x)
+    for level, (out, stride) in enumerate(zip(tiled, (4, 8, 16, 32))):
+        w = 64 // stride
+        assert out.shape == whole[level].shape
+        torch.testing.assert_close(out[..., :w], crops[0][level], rtol=0, atol=0)
+        full = out.shape[-1]  # 160 / stride: the middle crop shows up to where the last one starts
+        torch.testing.assert_close(out[..., w:full - w], crops[1][level][..., :full - 2 * w], rtol=0, atol=0)
+        torch.testing.assert_close(out[..., -w:], crops[2][level], rtol=0, atol=0)
+        assert not torch.allclose(out, whole[level])  # the tiles' semantic tokens see only their crop
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x[..., :64]), model._forward(x[..., :64])))
+        model.train()
+        torch.manual_seed(1)
+        trained = model(x)
+    assert all(a.shape == b.shape for a, b in zip(trained, whole))
+    with pytest.raises(ValueError, match='test_tile_size must be None or a multiple of 32'):
+        DualViT(arch=TINY, test_tile_size=100)
