@@ -14,7 +14,11 @@ run-time changes (the only ones):
 - segmentation: the vendored mmseg 0.11.0 of ``semantic_segmentation/`` is imported in place of an installed mmseg
   (it is the code the paper's numbers come from); its import-time check ``mmcv <= 1.5.0`` is passed by showing it
   mmcv's version as 1.5.0 during that import (mmcv-full 1.7.2 keeps the APIs it uses); SyncBN is converted to BN
-  (CPU, one process; the same statistics in eval mode).
+  (CPU, one process; the same statistics in eval mode); for the training step only, the outputs of UPerHead's
+  lateral convs are cloned, because the vendored head adds into them in place, which torch 2.1's autograd refuses
+  (mmseg 0.30 adds out of place: the same sums).
+- both: for the training step only, drop-path and dropout probabilities are set to 0 on the built model (the
+  official detection backbone hard-codes drop_path_rate=0.15).
 
 Written per system: ``<system>_keys.json`` (the state_dict keys and shapes, as a checkpoint of that system holds
 them) and per image ``<system>_<image>.npz``: the final outputs (detection: boxes, scores,
@@ -56,14 +60,21 @@ SYSTEMS = {
     'upernet': ('seg', 'semantic_segmentation/configs/dualvit/upernet_dualvit_s_512x512_160k_ade20k.py',
                 'configs/upernet_dualvit_s_ade20k.py'),
 }
+# Systems whose losses are deterministic: one training forward and backward on the synthetic image is stored.
+TRAIN_SYSTEMS = {'retinanet', 'upernet'}
+TRAIN_IMAGE = 'synthetic_333x517'
 SEG_GRID = 16  # segmentation logits are stored every SEG_GRID pixels (from SEG_GRID // 2), all classes
 
 
-def load_refweights():
-    spec = importlib.util.spec_from_file_location('refweights', osp.join(ROOT, 'tests', 'data', 'refweights.py'))
+def load_test_data_module(name):
+    """tests/data/<name>.py (refweights: the deterministic weights; training_step: the shared training step)."""
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tests', 'data', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+step = load_test_data_module('training_step')
 
 
 def synthetic_image(height, width):
@@ -156,7 +167,31 @@ def checkpoint_skeleton(model, cfg, config_path, classes, palette=None):
                 optimizer=dict(param_groups=checkpoint['optimizer']['param_groups'], state_layout=layout))
 
 
-def run_detector(config_path, image_paths, refweights):
+def detection_targets(image_path, scale_factor):
+    """Two ground-truth boxes (the synthetic image's rectangle and disc) in input pixels, and their labels."""
+    import cv2
+    height, width = cv2.imread(image_path).shape[:2]
+    radius = min(height, width) // 5
+    boxes = np.array([[width // 8, height // 6, width // 2, height // 2],
+                      [2 * width // 3 - radius, 2 * height // 3 - radius, 2 * width // 3 + radius,
+                       2 * height // 3 + radius]], np.float32) * np.asarray(scale_factor, np.float32)
+    return boxes, np.array([2, 17], np.int64)
+
+
+def segmentation_target(image_path, size):
+    """A label map of the input's (height, width): the synthetic image's shapes as classes 12 and 20 on class 5,
+    with a 255 (ignored) frame."""
+    import cv2
+    height, width = cv2.imread(image_path).shape[:2]
+    labels = np.full((height, width), 5, np.uint8)
+    cv2.rectangle(labels, (width // 8, height // 6), (width // 2, height // 2), 12, -1)
+    cv2.circle(labels, (2 * width // 3, 2 * height // 3), min(height, width) // 5, 20, -1)
+    labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    labels[:4], labels[-4:], labels[:, :4], labels[:, -4:] = 255, 255, 255, 255
+    return labels
+
+
+def run_detector(config_path, image_paths, refweights, train=False):
     import mmcv
     from mmcv.parallel import collate
     from mmdet.datasets import replace_ImageToTensor
@@ -194,8 +229,18 @@ def run_detector(config_path, image_paths, refweights):
                                       input_shape=list(data['img'][0].shape), img_shape=list(meta['img_shape']),
                                       pad_shape=list(meta['pad_shape']),
                                       scale_factor=[float(s) for s in meta['scale_factor']]))
+        if name == TRAIN_IMAGE:
+            train_data = (data['img'][0], data['img_metas'][0], meta['scale_factor'], path)
+    training = None
+    if train:
+        img, metas, scale_factor, path = train_data
+        boxes, labels = detection_targets(path, scale_factor)
+        step.no_randomness(model).train()
+        losses = model.forward_train(img, metas, [torch.from_numpy(boxes)], [torch.from_numpy(labels)])
+        training = (step.backward_record(model, losses), dict(gt_bboxes=boxes, gt_labels=labels))
+        model.eval()
     from mmdet.datasets import CocoDataset
-    return keys, outputs, checkpoint_skeleton(model, cfg, config_path, CocoDataset.CLASSES)
+    return keys, outputs, checkpoint_skeleton(model, cfg, config_path, CocoDataset.CLASSES), training
 
 
 def import_official_mmseg(official_repo):
@@ -255,8 +300,27 @@ def run_segmentor(config_path, image_paths, refweights):
                                       input_shape=list(img.shape), img_shape=list(meta['img_shape']),
                                       pad_shape=list(meta['pad_shape']),
                                       scale_factor=[float(s) for s in meta['scale_factor']]))
+        if name == TRAIN_IMAGE:
+            train_data = (img, metas, path)
+    img, metas, path = train_data
+    # A batch of two, the image and its mirror image (the pyramid pooling's 1x1 BatchNorm needs more than one value
+    # per channel in train mode; the official training used 2 images per GPU).
+    gt = segmentation_target(path, img.shape[-2:])
+    gt = np.stack([gt, gt[:, ::-1]])
+    step.no_randomness(model).train()
+    # The vendored UPerHead adds into its lateral maps in place (`laterals[i - 1] += ...`), which torch 2.1's autograd
+    # refuses (the lateral ConvModule's ReLU saved that output for its backward); its lateral outputs are cloned
+    # (mmseg 0.30 writes `laterals[i - 1] = laterals[i - 1] + ...`, the same sums).
+    hooks = [conv.register_forward_hook(lambda module, args, out: out.clone())
+             for conv in model.decode_head.lateral_convs]
+    losses = model.forward_train(torch.cat([img, img.flip(-1)]), metas * 2, torch.from_numpy(gt).long()[:, None])
+    training = (step.backward_record(model, losses), dict(gt_sem_seg=gt))
+    for hook in hooks:
+        hook.remove()
+    model.eval()
     from mmseg.datasets import ADE20KDataset
-    return keys, outputs, checkpoint_skeleton(model, cfg, config_path, ADE20KDataset.CLASSES, ADE20KDataset.PALETTE)
+    return (keys, outputs, checkpoint_skeleton(model, cfg, config_path, ADE20KDataset.CLASSES, ADE20KDataset.PALETTE),
+            training)
 
 
 def import_official_detection_backbone(official_repo):
@@ -281,7 +345,7 @@ def main(argv=None):
     official_repo = osp.abspath(args.official_repo)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     os.makedirs(OUT, exist_ok=True)
-    refweights = load_refweights()
+    refweights = load_test_data_module('refweights')
     image_paths = images()
     manifest_path = osp.join(OUT, 'manifest.json')
     manifest = json.load(open(manifest_path)) if osp.exists(manifest_path) else dict(systems={})
@@ -293,12 +357,14 @@ def main(argv=None):
     for system in args.systems:
         task, official_config, our_config = SYSTEMS[system]
         print(f'[official_outputs] {system}: {official_config}', flush=True)
+        config_path = osp.join(official_repo, official_config)
         if task == 'seg':
             import_official_mmseg(official_repo)
-            keys, outputs, skeleton = run_segmentor(osp.join(official_repo, official_config), image_paths, refweights)
+            keys, outputs, skeleton, training = run_segmentor(config_path, image_paths, refweights)
             manifest['official_resize_sizes'] = official_resize_sizes()
         else:
-            keys, outputs, skeleton = run_detector(osp.join(official_repo, official_config), image_paths, refweights)
+            keys, outputs, skeleton, training = run_detector(config_path, image_paths, refweights,
+                                                             train=system in TRAIN_SYSTEMS)
         with open(osp.join(OUT, f'{system}_keys.json'), 'w') as f:
             json.dump(keys, f, indent=0)
         torch.save(skeleton, osp.join(OUT, f'{system}_checkpoint_skeleton.pth'))
@@ -306,6 +372,10 @@ def main(argv=None):
             np.savez_compressed(osp.join(OUT, f'{system}_{name}.npz'), **record)
         manifest['systems'][system] = dict(task=task, official_config=official_config, config=our_config,
                                            outputs={name: info for name, (_, info) in outputs.items()})
+        if training is not None:
+            record, targets = training
+            np.savez_compressed(osp.join(OUT, f'{system}_train_targets.npz'), **targets)
+            manifest['systems'][system]['train'] = dict(image=TRAIN_IMAGE, **record)
         with open(manifest_path, 'w') as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
     print(f'[official_outputs] written to {OUT}')
