@@ -28,8 +28,8 @@ TOY = dict(stem_width=16, embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4], 
 
 def register_toy_backbone(official_repo):
     from mmdet.models.builder import BACKBONES
-    spec = importlib.util.spec_from_file_location('official_dualvit_det', osp.join(official_repo, 'object_detection',
-                                                                                    'dualvit.py'))
+    path = osp.join(official_repo, 'object_detection', 'dualvit.py')
+    spec = importlib.util.spec_from_file_location('official_dualvit_det', path)
     official = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(official)
 
