@@ -328,6 +328,7 @@ def import_official_detection_backbone(official_repo):
     spec = importlib.util.spec_from_file_location('official_dualvit_det', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # registers dualvit_s / dualvit_b in mmdet's BACKBONES
+    return module
 
 
 def environment():

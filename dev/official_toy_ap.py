@@ -14,11 +14,14 @@ subclass of the official ``DualVit`` with the toy hyperparameters (the one patch
 The official test pipeline (Resize, Normalize, Pad to 32) and test settings are kept. Prints mmdet 2's COCO tables.
 """
 import argparse
-import importlib.util
 import os.path as osp
+import sys
 from functools import partial
 
 import torch
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from official_outputs import import_official_detection_backbone  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSES = ('square', 'circle', 'triangle')
@@ -28,10 +31,7 @@ TOY = dict(stem_width=16, embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4], 
 
 def register_toy_backbone(official_repo):
     from mmdet.models.builder import BACKBONES
-    path = osp.join(official_repo, 'object_detection', 'dualvit.py')
-    spec = importlib.util.spec_from_file_location('official_dualvit_det', path)
-    official = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(official)
+    official = import_official_detection_backbone(official_repo)
 
     @BACKBONES.register_module(force=True)
     class dualvit_toy(official.DualVit):  # noqa: N801  (named as the official dualvit_s / dualvit_b)

@@ -22,11 +22,11 @@ SYSTEMS = MANIFEST.get('systems', {})
 # Bounds from the largest differences measured (official: torch 2.1.2; ours: torch 2.14.1 and 2.1.2; CPU, AVX-512),
 # about 5x above them; docs/fidelity.md lists the measured values.
 BOX_TOL = 2e-3      # pixels of the original image (measured 3.6e-4 on boxes up to 600 px)
-SCORE_TOL = 1e-5    # absolute (measured 2.6e-6)
+SCORE_TOL = 2.5e-5  # absolute (measured 4.7e-6)
 LOGIT_TOL = 1e-5    # absolute, segmentation logits of magnitude up to ~3 (measured 1.7e-6)
 # Sparse R-CNN refines its boxes through six stages, each from the last one's boxes, so differences grow: measured
-# 8.2e-3 px and 1.1e-5.
-BOUNDS = {'sparse_rcnn': dict(box=0.04, score=5e-5)}
+# 8.2e-3 px.
+BOUNDS = {'sparse_rcnn': dict(box=0.04)}
 # A mask is the 0.5 threshold of a pasted probability map, so a pixel whose probability is within float rounding of
 # 0.5 may flip: a mask agrees when IoU >= 0.99 or at most MASK_PIXELS pixels differ (measured: at most 1 per mask).
 MASK_IOU = 0.99

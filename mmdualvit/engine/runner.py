@@ -75,7 +75,6 @@ class StrictRunner(Runner):
         self._trust = bool(self.cfg.get(TRUST_KEY, False))
         self._check_weights = bool(self.cfg.get(CHECK_WEIGHTS_KEY, True))
         self._overwrite = bool(self.cfg.get(OVERWRITE_KEY, False))
-        self._prefetched: Optional[Tuple[str, dict]] = None
         self._unreadable: List[str] = []  # checkpoints of the work dir that --resume found unreadable
         self._resuming: Optional[str] = None  # the file resume() is loading
 
@@ -183,11 +182,10 @@ class StrictRunner(Runner):
                 f'--overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to replace them.')
         if self._load_from is None:
             self._load_from = self._find_resume_checkpoint()
-        elif self._prefetched is None or self._prefetched[0] != self._load_from:
-            self._prefetched = (self._load_from, self._read(self._load_from))
-        if self._prefetched is None:
-            return  # resume() reads it and says what is wrong
-        meta = check_training_position(self._prefetched[1], self._load_from)
+            if self._load_from is None:
+                return  # nothing to resume from: resume() starts from scratch
+        # Read again where the scan already read it: the file is checked as it is now, and nothing is kept.
+        meta = check_training_position(self._read(self._load_from), self._load_from)
         resumed = osp.abspath(self._load_from)
         newer = [path for kind, step, path in found
                  if step > meta[kind] and osp.abspath(path) != resumed and path not in self._unreadable]
@@ -243,7 +241,7 @@ class StrictRunner(Runner):
                 if stale_from:
                     return stale_from
                 try:
-                    self._prefetched = (recorded, self._read(recorded))
+                    self._read(recorded)
                     self.logger.info(f'--resume: resuming from {recorded} (named in {record}).')
                     return recorded
                 except CheckpointError as error:
@@ -281,12 +279,12 @@ class StrictRunner(Runner):
         return path
 
     def _first_readable(self, paths: List[str]) -> Optional[str]:
-        """The first of ``paths`` that reads (kept for loading); damaged ones before it (truncated, empty, corrupt:
+        """The first of ``paths`` that reads; damaged ones before it (truncated, empty, corrupt:
         what a killed save leaves) are recorded as unreadable, with a warning each, and any other failure stops the
         scan (:meth:`_refuse_if_intact`)."""
         for path in paths:
             try:
-                self._prefetched = (path, self._read(path))
+                self._read(path)
                 return path
             except CheckpointError as error:
                 self._refuse_if_intact(path, error)
@@ -357,11 +355,7 @@ class StrictRunner(Runner):
         ``strict_load=False``. Returns the checkpoint dict, as mmengine's does. Files are always read on the CPU
         (``map_location`` is accepted for mmengine's signature); ``load_state_dict`` copies onto the model's and
         the optimizer's devices."""
-        if self._prefetched is not None and self._prefetched[0] == filename:
-            checkpoint = self._prefetched[1]
-        else:
-            checkpoint = self._read(filename)
-        self._prefetched = None
+        checkpoint = self._read(filename)
         if self._resuming == filename:
             check_training_position(checkpoint, filename)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
