@@ -22,7 +22,7 @@ def main(argv=None):
     fidelity.BOX_TOL = fidelity.SCORE_TOL = fidelity.LOGIT_TOL = fidelity.LOSS_TOL = fidelity.GRAD_NORM_TOL = 0.
     fidelity.MASK_PIXELS = 0
     fidelity.BOUNDS = {system: dict(box=0., score=0.) for system in fidelity.SYSTEMS}
-    from mmdualvit.analysis import build_from_config
+    from mmdualvit.building import build_from_config
     for system in args.systems:
         info = fidelity.SYSTEMS[system]
         model, cfg = build_from_config(str(fidelity.REPO / info['config']))

@@ -375,7 +375,7 @@ def build_model(config, checkpoint: Optional[str] = None, backbone_only: bool = 
     ImageNet checkpoints (official, timm or converted) are accepted too and loaded into the backbone. Checkpoints
     are read by :func:`mmdualvit.checkpoint.read_checkpoint` (``weights_only`` unless ``trust``).
     """
-    from .analysis import build_from_config
+    from .building import build_from_config
     from .checkpoint import load_checkpoint_weights, load_pretrained, read_checkpoint
 
     # a whole-model file is read before the model is built: a missing or unsafe file fails fast

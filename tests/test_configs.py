@@ -7,7 +7,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmdualvit.analysis import build_from_config, synthetic_batch
+from mmdualvit.building import build_from_config, synthetic_batch
 from tests.utils import REPO, run_tool
 
 # ImageNet classifier configs (imagenet_*.py) are covered by tests/test_models/test_classifiers.py.

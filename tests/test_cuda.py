@@ -57,7 +57,7 @@ def test_backbone_on_cuda_matches_cpu_reference(name, build, no_tf32, reference_
 def test_fp16_amp_training_step(config, shape, batch_size):
     from mmengine.optim import AmpOptimWrapper, build_optim_wrapper
 
-    from mmdualvit.analysis import build_from_config, synthetic_batch
+    from mmdualvit.building import build_from_config, synthetic_batch
     model, cfg = build_from_config(str(REPO / 'configs' / config))
     if cfg.default_scope == 'mmseg':
         model.data_preprocessor.size = shape

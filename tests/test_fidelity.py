@@ -55,12 +55,14 @@ def official_weights(system):
 
 @pytest.fixture(scope='module')
 def built():
-    """system -> (model with the official weights, cfg), built once per module."""
-    from mmdualvit.analysis import build_from_config
+    """system -> (model with the official weights, cfg); the last one built is kept (full-size models: 0.1-0.4 GB
+    each), and the tests ask for one system after another."""
+    from mmdualvit.building import build_from_config
     cache = {}
 
     def get(system):
         if system not in cache:
+            cache.clear()
             model, cfg = build_from_config(str(REPO / SYSTEMS[system]['config']))
             weights = official_weights(system)
             ours = model.state_dict()
@@ -332,7 +334,7 @@ GRAD_NORM_TOL = 1e-2
 
 def training_step(system, perturb=None):
     """Our model in train mode on the official training input and targets: ({loss: value}, {part: grad norm})."""
-    from mmdualvit.analysis import build_from_config
+    from mmdualvit.building import build_from_config
     model, cfg = build_from_config(str(REPO / SYSTEMS[system]['config']))
     model.load_state_dict(official_weights(system), strict=True)
     if perturb:

@@ -255,7 +255,7 @@ def test_benchmark_tool_whole_models_and_backbones(tmp_path):
     assert fused['cfg_options'] == {} and explicit['cfg_options'] == {'model.backbone.fused_attention': False}
     assert f'| {TOY_DET} model.backbone.fused_attention=False | ' in log and '| forward+backward (s) |' in log
     # --cfg-options reached both rows: the backbone of the toy config with one block per stage
-    from mmdualvit.analysis import build_from_config
+    from mmdualvit.building import build_from_config
     params = {key: sum(p.numel() for p in build_from_config(str(TOY_DET), options)[0].backbone.parameters()) / 1e6
               for key, options in [('default', None), ('depths', depths)]}
     assert params['depths'] < params['default']

@@ -29,7 +29,7 @@ def test_bfloat16_autocast_matches_float32(name, model, reference_weights):
 def test_bfloat16_training_step_of_toy_detector():
     from pathlib import Path
 
-    from mmdualvit.analysis import build_from_config, synthetic_batch
+    from mmdualvit.building import build_from_config, synthetic_batch
     from mmdualvit.engine import CPUAutocastOptimWrapper
     config = str(Path(__file__).resolve().parents[2] / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py')
     model, cfg = build_from_config(config)

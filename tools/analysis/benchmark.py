@@ -119,7 +119,8 @@ def _whole_model(model, cfg, settings: Settings, autocast) -> Target:
     """Inference through ``mode='predict'``; a training step of loss, backward and an AdamW step."""
     import torch
 
-    from mmdualvit.analysis import model_complexity, synthetic_batch
+    from mmdualvit.analysis import model_complexity
+    from mmdualvit.building import synthetic_batch
     if cfg.default_scope not in ('mmdet', 'mmseg'):
         raise ValueError(f'whole-model rows need an mmdet or mmseg config, not {cfg.default_scope!r}; '
                          'pass --backbone-only to measure its backbone.')
@@ -195,7 +196,7 @@ def build_target(row: Row, settings: Settings) -> Target:
             torch._dynamo.config.allow_rnn = True  # as compile_backbone does
             module.compile(backend=settings.compile)
         return target
-    from mmdualvit.analysis import build_from_config
+    from mmdualvit.building import build_from_config
     from mmdualvit.models.utils import compile_backbone
     model, cfg = build_from_config(row.config, {**settings.cfg_options, **row.cfg_options})
     target = (_backbone(model.backbone, settings, autocast) if settings.backbone_only else

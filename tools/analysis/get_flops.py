@@ -8,7 +8,8 @@ import argparse
 from mmengine.config import DictAction
 
 import mmdualvit  # noqa: F401
-from mmdualvit.analysis import build_from_config, model_complexity
+from mmdualvit.analysis import model_complexity
+from mmdualvit.building import build_from_config
 
 
 def main():
