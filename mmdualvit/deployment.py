@@ -203,23 +203,13 @@ def exportable(model: nn.Module):
 
 
 def check_dynamic_support(model: nn.Module, shape: Tuple[int, int]) -> None:
-    """Raise :class:`ExportError` if a graph of ``model`` traced at ``shape`` would be valid at that size only."""
-    from .models.backbones.dual_vit import QUERY_GRID, SEMANTIC_POOL
+    """Raise :class:`ExportError` if a graph of ``model`` traced at ``shape`` would be valid at that size only: each
+    module that knows such a rule of its own (our backbones' ``dynamic_export_problem``) is asked."""
     for module in model.modules():
-        if type(module).__name__ == 'Sequencer2D' and module.pyramid != 'native':
-            raise ExportError(
-                f"Sequencer2D(pyramid='{module.pyramid}') cannot be exported with dynamic shapes: its padding, crops "
-                f'and resampling weights follow from the input size in Python, so a traced graph is valid at the '
-                f'export shape only. Export once per input size you will run (--shape H W, without --dynamic), or '
-                f"use pyramid='native'.")
-        # Dual-ViT's semantic grid is floor(ceil(side / 4) / 7) per side; at 8 x 8 the learned queries are used
-        # as they are, so a graph traced there has no resize step for other grids.
-        grid = [math.ceil(side / 4) // SEMANTIC_POOL for side in shape]
-        if type(module).__name__ == 'DualViT' and grid == [QUERY_GRID, QUERY_GRID]:
-            raise ExportError(
-                f'Dual-ViT traced at {shape[0]}x{shape[1]} has a {QUERY_GRID}x{QUERY_GRID} semantic grid, at which it '
-                f'uses its queries without resizing them, so a dynamic graph traced there is wrong at other sizes. '
-                f'Export with --dynamic at another size (e.g. --shape 256 256), or without --dynamic.')
+        ask = getattr(module, 'dynamic_export_problem', None)
+        problem = ask(tuple(shape)) if callable(ask) else None
+        if problem:
+            raise ExportError(problem)
 
 
 def trace_onnx(wrapper: ExportWrapper, shape: Tuple[int, int], dynamic: bool = False,

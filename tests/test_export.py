@@ -158,6 +158,16 @@ def test_dynamic_export_refused_at_dualvits_query_grid(tmp_path):
     assert not (tmp_path / 'dv.onnx').exists()
 
 
+def test_dynamic_export_refused_with_test_tiles(tmp_path):
+    """test_tile_size (on in the UperNet Dual-ViT configs) picks whole image or tiles in Python: a dynamic graph
+    would hold the export size's choice at every size."""
+    model = DualViT(arch=dualvit_arch(), test_tile_size=64).eval()
+    with pytest.raises(ExportError, match=r'Dual-ViT with test_tile_size=64 chooses whole image or tiles from the '
+                                          r'input size.*model.backbone.test_tile_size=None'):
+        export_onnx(ExportWrapper(model), (96, 128), str(tmp_path / 'dv.onnx'), dynamic=True)
+    assert not (tmp_path / 'dv.onnx').exists()
+
+
 def test_verify_fails_a_graph_that_no_longer_matches():
     """A graph that no longer computes what the model computes (here: a weight changed after export)."""
     model = DualViT(arch=dualvit_arch()).eval()
@@ -206,6 +216,8 @@ def small_system(config: str, arch: dict) -> dict:
     options = small_backbone(arch)
     if config.startswith('upernet'):
         options.update({'model.decode_head.channels': 64, 'model.auxiliary_head.channels': 64})
+    if config.startswith('upernet_dualvit'):  # its test-time tiles refuse a dynamic export (tested above)
+        options['model.backbone.test_tile_size'] = None
     elif config.startswith(('retinanet', 'atss', 'gfl')):
         options.update({'model.neck.out_channels': 64, 'model.bbox_head.in_channels': 64,
                         'model.bbox_head.feat_channels': 64})

@@ -166,6 +166,12 @@ class BaseBackbone(ConvertsCheckpoints, BaseModule):
                     module.eval()
         return self
 
+    # ------------------------------------------------------------------ export
+    def dynamic_export_problem(self, shape: Tuple[int, int]) -> Optional[str]:
+        """Why an ONNX graph traced at ``shape`` (H, W) would be valid at that size only (a message naming the
+        fix), or None. ``mmdualvit.deployment`` asks every module that has this method before a dynamic export."""
+        return None
+
     # ------------------------------------------------------------------ input
     def _check_input(self, x: torch.Tensor) -> None:
         """Refuse inputs the model would fail on deep inside (or silently mis-handle), saying what to pass."""

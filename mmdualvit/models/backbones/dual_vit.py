@@ -538,6 +538,21 @@ class DualViT(BaseBackbone):
             top = [t + crop.shape[-2] for t, crop in zip(top, crops)]
         return tuple(outs)
 
+    def dynamic_export_problem(self, shape: Tuple[int, int]) -> Optional[str]:
+        if self.test_tile_size is not None:
+            return (f'Dual-ViT with test_tile_size={self.test_tile_size} chooses whole image or tiles from the input '
+                    f'size in Python, so a graph traced at {shape[0]}x{shape[1]} holds one choice only. Export '
+                    f'without --dynamic (once per input size), or with --cfg-options model.backbone.test_tile_size='
+                    f'None (the whole image at every size).')
+        # The semantic grid is floor(ceil(side / 4) / 7) per side; at 8 x 8 the learned queries are used as they
+        # are, so a graph traced there has no resize step for other grids.
+        if [math.ceil(side / 4) // SEMANTIC_POOL for side in shape] == [QUERY_GRID, QUERY_GRID]:
+            return (f'Dual-ViT traced at {shape[0]}x{shape[1]} has a {QUERY_GRID}x{QUERY_GRID} semantic grid, at '
+                    f'which it uses its queries without resizing them, so a dynamic graph traced there is wrong at '
+                    f'other sizes. Export with --dynamic at another size (e.g. --shape 256 256), or without '
+                    f'--dynamic.')
+        return None
+
     def _forward(self, x: torch.Tensor) -> tuple:
         outs = []
         semantics = None

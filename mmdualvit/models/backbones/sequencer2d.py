@@ -13,7 +13,7 @@ default ``pyramid='resample'`` resamples the stage outputs onto that grid (see :
 import math
 import re
 from collections import Counter, OrderedDict
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -285,6 +285,14 @@ class Sequencer2D(BaseBackbone):
                 x = checkpointed(block, self.with_cp, x)
             outs.append(x)
         return outs
+
+    def dynamic_export_problem(self, shape: Tuple[int, int]) -> Optional[str]:
+        if self.pyramid == 'native':
+            return None
+        return (f"Sequencer2D(pyramid='{self.pyramid}') cannot be exported with dynamic shapes: its padding, crops "
+                f'and resampling weights follow from the input size in Python, so a traced graph is valid at the '
+                f'export shape only. Export once per input size you will run (--shape H W, without --dynamic), or '
+                f"use pyramid='native'.")
 
     def forward(self, x: torch.Tensor):
         """Return the maps of ``out_indices`` as NCHW tensors (see ``pyramid`` for strides and sizes)."""
