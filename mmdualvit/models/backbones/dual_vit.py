@@ -212,7 +212,7 @@ class MergeBlock(BaseModule):
         return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x), hw))
 
 
-class Stem(nn.Module):
+class DualViTStem(nn.Module):
     """Stride-4 stem: conv7x7/2 + 2 conv3x3, each with BN and ReLU, then conv3x3/2 and LayerNorm (tokens out)."""
 
     def __init__(self, in_channels: int, hidden_dim: int, out_channels: int, norm_cfg: dict):
@@ -235,7 +235,7 @@ class Stem(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), tuple(hw)
 
 
-class Downsample(nn.Module):
+class DualViTDownsample(nn.Module):
     """conv3x3/2 + LayerNorm between stages (tokens out)."""
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -363,9 +363,9 @@ class DualViT(BaseBackbone):
                                                            settings['mlp_ratios'])):
             rates, dpr = dpr[:depth], dpr[depth:]
             if i == 0:
-                embed = Stem(in_channels, settings['stem_hidden_dim'], dim, stem_norm_cfg)
+                embed = DualViTStem(in_channels, settings['stem_hidden_dim'], dim, stem_norm_cfg)
             else:
-                embed = Downsample(dims[i - 1], dim)
+                embed = DualViTDownsample(dims[i - 1], dim)
                 self.add_module(f'proxy_embed{i + 1}', SemanticEmbed(dims[i - 1], dim))
             if i < self.num_dual_stages:
                 blocks = [DualBlock(dim, heads, ratio, rates[j], fused_attention) for j in range(depth)]

@@ -95,7 +95,7 @@ class Sequencer2DBlock(BaseModule):
         return x + self.drop_path(self.mlp_channels(self.norm2(x)))
 
 
-class Downsample(nn.Module):
+class SequencerDownsample(nn.Module):
     """Patch-merging conv (kernel = stride) on NHWC maps."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
@@ -106,7 +106,7 @@ class Downsample(nn.Module):
         return self.down(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class Stem(nn.Module):
+class SequencerStem(nn.Module):
     """Non-overlapping patch embedding (conv, kernel = stride), no norm."""
 
     def __init__(self, in_channels: int, out_channels: int, patch_size: int):
@@ -195,7 +195,7 @@ class Sequencer2D(BaseBackbone):
             self.min_input_reason = (f"pyramid='native' floors the input to the stride-{self.native_strides[-1]} "
                                      f"grid of its last stage; pyramid='resample' pads instead")
 
-        self.stem = Stem(in_channels, dims[0], patch_sizes[0])
+        self.stem = SequencerStem(in_channels, dims[0], patch_sizes[0])
         total = sum(self.depths)
         stages, start = [], 0
         for i, depth in enumerate(self.depths):
@@ -204,7 +204,7 @@ class Sequencer2D(BaseBackbone):
                                  self.drop_path_rate * (start + j) / max(total - 1, 1)) for j in range(depth)
             ]
             if i < self.num_stages - 1:  # official layout: the next stage's downsampling closes this stage
-                stage.append(Downsample(dims[i], dims[i + 1], patch_sizes[i + 1]))
+                stage.append(SequencerDownsample(dims[i], dims[i + 1], patch_sizes[i + 1]))
             stages.append(nn.ModuleList(stage))
             start += depth
         self.blocks = nn.ModuleList(stages)
