@@ -17,9 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-# Run from a checkout without installing: the repository root is one level above tools/.
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (configs/); mmdualvit itself is imported as installed
 
 # mmengine imports pkg_resources, which setuptools >= 81 marks deprecated: noise for a demo's reader.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')

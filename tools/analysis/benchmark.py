@@ -207,7 +207,12 @@ def build_target(row: Row, settings: Settings) -> Target:
 
 
 def timed(step: Callable[[], None], settings: Settings, idle_rss: int) -> tuple:
-    """(median, min, max) seconds of ``step`` over ``settings.runs`` after a warm-up, and its peak memory in bytes."""
+    """(median, min, max) seconds of ``step`` over ``settings.runs`` after a warm-up, and its peak memory in bytes.
+
+    Not ``torch.utils.benchmark.Timer``: its ``timeit`` runs the statement at least twice more as a warm-up before
+    every measurement and returns only their mean, and its autorange methods size their blocks by running it
+    repeatedly; for whole-model steps of seconds that is several times the runs asked for, without the spread.
+    (It would also set torch to one thread unless told otherwise.)"""
     import torch
     cuda = settings.device == 'cuda'
     if cuda:

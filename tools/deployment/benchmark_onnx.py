@@ -16,17 +16,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from mmdualvit.deployment import ExportWrapper, build_model, onnx_session, trace_onnx, verify_onnx  # noqa: E402
+from mmdualvit.deployment import ExportWrapper, build_model, onnx_session, trace_onnx, verify_onnx
 
 DEFAULT_BACKBONES = ['configs/retinanet_dualvit_s_coco.py', 'configs/retinanet_sequencer2d_s_coco.py']
 DEFAULT_MODELS = ['configs/retinanet_dualvit_s_coco.py']
@@ -56,6 +52,8 @@ def cpu_name() -> str:
 
 
 def median_ms(fn, runs: int) -> float:
+    """Median milliseconds of ``fn`` over ``runs`` after one warm-up (why not torch.utils.benchmark: see
+    ``timed`` in tools/analysis/benchmark.py)."""
     fn()  # warm-up
     times = []
     for _ in range(runs):

@@ -14,17 +14,13 @@ Otherwise nothing is written and the exit status is 1; bad arguments or checkpoi
 import argparse
 import os.path as osp
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from mmdualvit.checkpoint import CheckpointError  # noqa: E402
-from mmdualvit.deployment import TOLERANCE, ExportError, ExportWrapper, build_model, describe, export_onnx  # noqa: E402
-from mmdualvit.engine.launch import require_checkpoint_or_random  # noqa: E402
-from mmdualvit.fileio import unwritable_reason  # noqa: E402
+from mmdualvit.checkpoint import CheckpointError
+from mmdualvit.deployment import TOLERANCE, ExportError, ExportWrapper, build_model, describe, export_onnx
+from mmdualvit.engine.launch import require_checkpoint_or_random
+from mmdualvit.fileio import unwritable_reason
 
 
 def parse_args(argv=None):
