@@ -6,10 +6,12 @@
 #   VENV=/elsewhere/venv MAX_JOBS=8 bash dev/official_env.sh
 #
 # What it installs: torch 2.1.2 / torchvision 0.16.2 (numpy<2) from PyPI, mmcv-full 1.7.2 compiled from its source
-# package with its CPU ops (about 40 min on 2 cores; no GPU needed, none used), mmdet 2.28.2, mmsegmentation 0.30.0,
-# mmcls 0.25.0 (mmseg 0.30's dependency), timm 0.6.13 (the official backbone files import timm.models.layers) and
-# pycocotools; PyWavelets because the vendored mmseg imports its Wave-ViT backbone. setuptools<70 because mmcv-full's setup.py imports pkg_resources; yapf 0.32 because mmcv 1.x's config
-# dump calls yapf's FormatCode with the `verify` argument that later yapf versions removed.
+# package with its CPU ops (10 min on a 2-core VM, 2026-12-07; no GPU needed, none used), mmdet 2.28.2,
+# mmsegmentation 0.30.0 with mmcls 0.25.0 (dev/official_outputs.py imports the checkout's vendored mmseg 0.11.0
+# instead, the code the paper's numbers come from), timm 0.6.13 (the official backbone files import
+# timm.models.layers), pycocotools, and PyWavelets (the vendored mmseg imports its Wave-ViT backbone). Pins:
+# setuptools<70 (mmcv-full's setup.py imports pkg_resources), yapf 0.32 (mmcv 1.x calls yapf's FormatCode with the
+# `verify` argument that later versions removed), opencv<4.9 (later ones need numpy 2).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,7 @@ pip() { "$vpy" -m pip "$@"; }
 log "installing torch 2.1.2 and the build tools"
 pip install -q torch==2.1.2 torchvision==0.16.2 'numpy<2' 'setuptools<70' wheel ninja
 if ! "$vpy" -c 'import mmcv.ops' 2>/dev/null; then
-    log "compiling mmcv-full 1.7.2 with its CPU ops (MAX_JOBS=$MAX_JOBS; about 40 min on 2 cores)"
+    log "compiling mmcv-full 1.7.2 with its CPU ops (MAX_JOBS=$MAX_JOBS; about 10 min on 2 cores)"
     MMCV_WITH_OPS=1 FORCE_CUDA=0 pip install --no-build-isolation mmcv-full==1.7.2
 fi
 log "installing mmdet 2.28.2, mmsegmentation 0.30.0 and their dependencies"
