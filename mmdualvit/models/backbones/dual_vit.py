@@ -511,24 +511,30 @@ class DualViT(BaseBackbone):
         return self._forward(x)
 
     def tiled_forward(self, x: torch.Tensor, tile: int) -> tuple:
-        """The official segmentation backbone's test-time features for inputs larger than ``tile``: the whole
-        image's maps, then overwritten tile by tile with the maps of ``tile`` x ``tile`` crops. Crops start every
-        ``tile`` pixels, except the last of a row or column, which ends at the image's edge (so it overlaps its
-        neighbour). Each crop's maps are written where the previous crops' maps end, the last one flush with the
-        far edge, so that the overlap takes the last crop's values. The semantic tokens of each crop see only that
-        crop: the outputs differ from the whole image's, as upstream."""
-        outs = [out.clone() for out in self._forward(x)]
-
+        """The official segmentation backbone's test-time features for inputs larger than ``tile``: the maps of
+        ``tile`` x ``tile`` crops, put together. Crops start every ``tile`` pixels, except the last of a row or
+        column, which ends at the image's edge (so it overlaps its neighbour). Each crop's maps are written where the
+        previous crops' maps end, the last one flush with the far edge, so that the overlap takes the last crop's
+        values. The semantic tokens of each crop see only that crop: the outputs differ from the whole image's, as
+        upstream. (Upstream first computes the whole image's maps and overwrites them; the crops cover every
+        position, so only their sizes are used here: stage i's maps are ceil(side / 2**(i + 2)) per side, each
+        stride-2 conv rounding up.)"""
         def starts(length):
             count = -(-length // tile)
             return [i * tile for i in range(count - 1)] + [max(0, length - tile)]
 
-        rows, cols = starts(x.shape[-2]), starts(x.shape[-1])
-        top = [0] * len(outs)
+        height, width = x.shape[-2:]
+        strides = [2 ** (i + 2) for i in range(self.num_stages) if i in self.out_indices]
+        rows, cols = starts(height), starts(width)
+        outs = None
+        top = [0] * len(strides)
         for r, y in enumerate(rows):
-            left = [0] * len(outs)
+            left = [0] * len(strides)
             for c, x0 in enumerate(cols):
                 crops = self._forward(x[..., y:y + tile, x0:x0 + tile])
+                if outs is None:
+                    outs = [crop.new_zeros(*crop.shape[:2], -(-height // s), -(-width // s))
+                            for crop, s in zip(crops, strides)]
                 for j, (out, crop) in enumerate(zip(outs, crops)):
                     h, w = crop.shape[-2:]
                     y1 = out.shape[-2] - h if r == len(rows) - 1 else top[j]
