@@ -67,14 +67,14 @@ SEG_GRID = 16  # segmentation logits are stored every SEG_GRID pixels (from SEG_
 
 
 def load_test_data_module(name):
-    """tests/data/<name>.py (refweights: the deterministic weights; training_step: the shared training step)."""
+    """tests/data/<name>.py (refweights: the deterministic weights; fidelity_common: what both sides share)."""
     spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tests', 'data', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-step = load_test_data_module('training_step')
+common = load_test_data_module('fidelity_common')
 
 
 def synthetic_image(height, width):
@@ -115,18 +115,15 @@ def set_weights(model, refweights):
 
 
 def uint8_input(img, mean, std, img_shape):
-    """The normalised input tensor (1, 3, H, W) mapped back to the uint8 image it was made from, (3, h, w) for
-    ``img_shape`` = (h, w, ...) (exact: every value is (pixel - mean) / std of an integer pixel); the padding beyond
-    it must be 0."""
+    """The uint8 image (3, h, w) the normalised input tensor (1, 3, H, W) was made from (``input_pixels``), after
+    checking that it is one (every value is (pixel - mean) / std of an integer pixel) and that the padding is 0."""
     height, width = img_shape[:2]
     padded = img[0].clone()
     padded[:, :height, :width] = 0
     assert not padded.any(), 'the padding of the input is not 0'
-    x = img[0, :, :height, :width].double() * torch.tensor(std, dtype=torch.float64)[:, None, None]
-    x += torch.tensor(mean, dtype=torch.float64)[:, None, None]
-    pixels = x.round()
-    assert (x - pixels).abs().max() < 1e-3, 'the input is not an integer image normalised'
-    return pixels.clamp(0, 255).to(torch.uint8).numpy()
+    pixels, off = common.input_pixels(img, mean, std, img_shape)
+    assert off < 1e-3, 'the input is not an integer image normalised'
+    return pixels
 
 
 # What a GPU run's Fp16OptimizerHook (mmcv 1.x, torch.cuda.amp.GradScaler) leaves in meta['fp16']; on CPU GradScaler
@@ -235,9 +232,9 @@ def run_detector(config_path, image_paths, refweights, train=False):
     if train:
         img, metas, scale_factor, path = train_data
         boxes, labels = detection_targets(path, scale_factor)
-        step.no_randomness(model).train()
+        common.no_randomness(model).train()
         losses = model.forward_train(img, metas, [torch.from_numpy(boxes)], [torch.from_numpy(labels)])
-        training = (step.backward_record(model, losses), dict(gt_bboxes=boxes, gt_labels=labels))
+        training = (common.backward_record(model, losses), dict(gt_bboxes=boxes, gt_labels=labels))
         model.eval()
     from mmdet.datasets import CocoDataset
     return keys, outputs, checkpoint_skeleton(model, cfg, config_path, CocoDataset.CLASSES), training
@@ -307,14 +304,14 @@ def run_segmentor(config_path, image_paths, refweights):
     # per channel in train mode; the official training used 2 images per GPU).
     gt = segmentation_target(path, img.shape[-2:])
     gt = np.stack([gt, gt[:, ::-1]])
-    step.no_randomness(model).train()
+    common.no_randomness(model).train()
     # The vendored UPerHead adds into its lateral maps in place (`laterals[i - 1] += ...`), which torch 2.1's autograd
     # refuses (the lateral ConvModule's ReLU saved that output for its backward); its lateral outputs are cloned
     # (mmseg 0.30 writes `laterals[i - 1] = laterals[i - 1] + ...`, the same sums).
     hooks = [conv.register_forward_hook(lambda module, args, out: out.clone())
              for conv in model.decode_head.lateral_convs]
     losses = model.forward_train(torch.cat([img, img.flip(-1)]), metas * 2, torch.from_numpy(gt).long()[:, None])
-    training = (step.backward_record(model, losses), dict(gt_sem_seg=gt))
+    training = (common.backward_record(model, losses), dict(gt_sem_seg=gt))
     for hook in hooks:
         hook.remove()
     model.eval()

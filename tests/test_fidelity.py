@@ -16,7 +16,7 @@ import torch
 from tests.utils import DATA_DIR, REPO, load_module, make_state_dict
 
 OFFICIAL = DATA_DIR / 'official'
-_step = load_module(DATA_DIR / 'training_step.py', 'mmdualvit_tests_training_step')
+_common = load_module(DATA_DIR / 'fidelity_common.py', 'mmdualvit_tests_fidelity_common')
 MANIFEST = json.loads((OFFICIAL / 'manifest.json').read_text()) if (OFFICIAL / 'manifest.json').exists() else {}
 SYSTEMS = MANIFEST.get('systems', {})
 # Bounds from the largest differences measured (official: torch 2.1.2; ours: torch 2.14.1 and 2.1.2; CPU, AVX-512),
@@ -99,11 +99,9 @@ def input_faults(inputs, info, cfg):
         return [f'input shape {list(inputs.shape)} != official {info["input_shape"]} (img_shape '
                 f'{info["img_shape"][:2]}, pad_shape {info["pad_shape"][:2]})']
     faults = []
-    height, width = info['img_shape'][:2]
-    mean = torch.tensor(cfg.model.data_preprocessor['mean'], dtype=torch.float64)[:, None, None]
-    std = torch.tensor(cfg.model.data_preprocessor['std'], dtype=torch.float64)[:, None, None]
-    pixels = (inputs[0, :, :height, :width].double() * std + mean).round().clamp(0, 255).to(torch.uint8)
-    if hashlib.sha256(pixels.numpy().tobytes()).hexdigest() != info['pixels_sha256']:
+    preprocessor = cfg.model.data_preprocessor
+    pixels, _ = _common.input_pixels(inputs, preprocessor['mean'], preprocessor['std'], info['img_shape'])
+    if hashlib.sha256(pixels.tobytes()).hexdigest() != info['pixels_sha256']:
         faults.append('the resized image differs from the official pipeline\'s')
     if hashlib.sha256(inputs.numpy().tobytes()).hexdigest() != info['input_sha256']:
         faults.append('the normalised padded input tensor is not bit-identical to the official one')
@@ -355,8 +353,8 @@ def training_step(system, perturb=None):
                                            labels=torch.from_numpy(targets['gt_labels']))
         # none ignored (the official step passes gt_bboxes_ignore=None)
         sample.ignored_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
-    _step.no_randomness(model).train()
-    record = _step.backward_record(model, model.loss(batch['inputs'], batch['data_samples']))
+    _common.no_randomness(model).train()
+    record = _common.backward_record(model, model.loss(batch['inputs'], batch['data_samples']))
     return record['losses'], record['grad_norms']
 
 

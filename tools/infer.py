@@ -116,8 +116,8 @@ def config_dataset_meta(cfg):
     dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     meta = {}
     datasets = importlib.import_module(f'{cfg.default_scope}.registry').DATASETS  # mmdet's or mmseg's own
-    if isinstance(dataset.get('type'), str) and datasets.get(dataset['type']) is not None:
-        meta.update(getattr(datasets.get(dataset['type']), 'METAINFO', {}))
+    dataset_class = datasets.get(dataset['type']) if isinstance(dataset.get('type'), str) else None
+    meta.update(getattr(dataset_class, 'METAINFO', {}))
     meta.update(dataset.get('metainfo') or {})
     return meta
 

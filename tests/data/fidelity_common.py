@@ -1,5 +1,6 @@
-"""One deterministic training step, shared by dev/official_outputs.py (the official mmdet 2.x / mmseg 0.x models)
-and tests/test_fidelity.py (ours), so that both sides do exactly the same. Only torch is needed."""
+"""What dev/official_outputs.py (the official mmdet 2.x / mmseg 0.x models) and tests/test_fidelity.py (ours) do
+alike, so that both sides do exactly the same: the input's pixels and one deterministic training step. Only torch
+is needed."""
 import torch
 
 
@@ -30,3 +31,14 @@ def backward_record(model, losses: dict) -> dict:
             squares[part] = squares.get(part, 0.) + float(param.grad.double().pow(2).sum())
     return dict(losses={k: float(value(v)) for k, v in losses.items()},
                 grad_norms={k: v ** 0.5 for k, v in squares.items()})
+
+
+def input_pixels(inputs, mean, std, img_shape):
+    """The normalised input (1, 3, H, W) mapped back to the uint8 image it was made from, (3, h, w) for
+    ``img_shape`` = (h, w, ...) (the padding beyond it excluded), and the largest distance of a value from an
+    integer pixel before rounding (0 up to float rounding when the input is an integer image normalised)."""
+    height, width = img_shape[:2]
+    x = inputs[0, :, :height, :width].double() * torch.tensor(std, dtype=torch.float64)[:, None, None]
+    x += torch.tensor(mean, dtype=torch.float64)[:, None, None]
+    pixels = x.round()
+    return pixels.clamp(0, 255).to(torch.uint8).numpy(), float((x - pixels).abs().max())
