@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from filelock import FileLock
 from mmengine.logging import print_log
 
-from .fileio import atomic_open, remove_stale_temporaries, unwritable_reason
+from .fileio import atomic_open, remove_temporaries, unwritable_reason
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
 PRETRAINED = 'Pretrained'
@@ -193,10 +194,8 @@ def fetch_cached(url: str) -> str:
     _, world_size = get_dist_info()
     failure = None
     if get_local_rank() == 0 and not os.path.isfile(cached):
-        if os.path.isdir(os.path.dirname(cached)):
-            remove_stale_temporaries(os.path.dirname(cached))  # of downloads killed half-way
         try:
-            _download(url, cached)
+            _download_once(url, cached)
         except CheckpointError as err:
             failure = err
     if world_size > 1:
@@ -204,8 +203,19 @@ def fetch_cached(url: str) -> str:
     if failure is not None:
         raise failure
     if not os.path.isfile(cached):
-        _download(url, cached)
+        _download_once(url, cached)
     return cached
+
+
+def _download_once(url: str, cached: str) -> None:
+    """:func:`_download` holding the cache file's lock: other runs on this machine wait and then read the file, and
+    the temporaries left by downloads killed half-way can be removed."""
+    directory, name = os.path.split(cached)
+    os.makedirs(directory, exist_ok=True)
+    with FileLock(os.path.join(directory, f'.{name}.lock')):
+        if not os.path.isfile(cached):
+            remove_temporaries(directory, name)
+            _download(url, cached)
 
 
 def download_setting(name: str) -> float:

@@ -1,15 +1,13 @@
 """Atomic local writes (a file appears complete under its final name, or not at all) and the work-dir lock.
 
-Used by the checkpoint converters (:mod:`mmdualvit.checkpoint`) and, through :class:`AtomicLocalBackend`, by the
-training checkpoints of :class:`mmdualvit.engine.PortableCheckpointHook`; :class:`mmdualvit.engine.StrictRunner`
-takes the lock of :func:`acquire_lock` for a training and cleans up with :func:`remove_stale_temporaries`.
+Used by the checkpoint converters and the download cache (:mod:`mmdualvit.checkpoint`), the ONNX export and, through
+:class:`AtomicLocalBackend`, the training checkpoints of :class:`mmdualvit.engine.PortableCheckpointHook`;
+:class:`mmdualvit.engine.StrictRunner` holds :func:`lock_work_dir`'s lock while it trains.
 """
 import glob
-import hashlib
 import json
 import os
 import os.path as osp
-import re
 import socket
 import sys
 import time
@@ -18,52 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional, Union
 
+import filelock
 from mmengine.fileio import LocalBackend, register_backend
 
 ATOMIC_BACKEND = 'mmdualvit_atomic_local'
-# A temporary is '.<final name>.<writer>.<random hex>.mmdualvit-tmp': hidden, next to its target (so the rename stays
-# on one file system), recognisable as ours when an interrupted run left it behind, and naming its writer
-# ('<host hash>-<pid>') so that a clean-up never removes the temporary of a write still in flight.
+# A temporary is '.<final name>.<random hex>.mmdualvit-tmp': hidden, next to its target (so the rename stays on one
+# file system) and recognisable as ours when a killed writer left it behind.
 TMP_SUFFIX = '.mmdualvit-tmp'
-_HOST = socket.gethostname()
-_HOST_TAG = hashlib.sha1(_HOST.encode()).hexdigest()[:8]
-_TMP_WRITER = re.compile(r'\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[0-9a-f]{32}' + re.escape(TMP_SUFFIX) + '$')
-LOCK_NAME = '.mmdualvit-train.lock'
+LOCK_NAME = '.mmdualvit-train.lock'  # the flock
+HOLDER_NAME = '.mmdualvit-train.holder'  # who holds it (JSON), for the message a second training gets
 
 
 class WorkDirLockedError(RuntimeError):
-    """Another live process holds the lock of a directory."""
-
-
-def _process_stat(pid: int) -> Optional[List[str]]:
-    """Fields 3.. of ``/proc/<pid>/stat`` (state, ..., start time at index 19), or None off Linux / if gone."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _process_start(pid: int) -> Optional[str]:
-    fields = _process_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def process_alive(pid: int, start: Optional[str] = None) -> bool:
-    """Whether process ``pid`` of this machine runs (a zombie does not); with ``start`` (its start time as
-    :func:`_process_start` read it), also whether it is still that process and not a later one that reuses the pid."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        pass
-    fields = _process_stat(pid)
-    if fields is not None and (fields[0] == 'Z' or (start is not None and len(fields) > 19 and fields[19] != start)):
-        return False
-    return True
+    """Another process holds the lock of a directory."""
 
 
 @contextmanager
@@ -77,7 +42,7 @@ def atomic_open(filepath: Union[str, Path]) -> Iterator[BinaryIO]:
     """
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
-    tmp = osp.join(directory, f'.{osp.basename(filepath)}.{_HOST_TAG}-{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}')
+    tmp = osp.join(directory, f'.{osp.basename(filepath)}.{uuid.uuid4().hex}{TMP_SUFFIX}')
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
@@ -89,6 +54,26 @@ def atomic_open(filepath: Union[str, Path]) -> Iterator[BinaryIO]:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
+    """Write ``data`` to ``filepath`` through :func:`atomic_open`."""
+    with atomic_open(filepath) as f:
+        f.write(data)
+
+
+def remove_temporaries(directory: Union[str, Path], name: str = '') -> List[str]:
+    """Delete the temporaries of :func:`atomic_open` in ``directory`` (of file ``name`` only, if given): what writers
+    killed half-way (SIGKILL, out of memory) left behind. Only for a caller holding the lock every writer there holds
+    (the work-dir lock, a download's lock), so no live write loses its file. Returns the removed paths."""
+    removed = []
+    for path in sorted(glob.glob(osp.join(glob.escape(str(directory)), f'.{glob.escape(name)}*{TMP_SUFFIX}'))):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def unwritable_reason(directory: Union[str, Path]) -> Optional[str]:
@@ -104,121 +89,56 @@ def unwritable_reason(directory: Union[str, Path]) -> Optional[str]:
     return None
 
 
-def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
-    """Write ``data`` to ``filepath`` through :func:`atomic_open`."""
-    with atomic_open(filepath) as f:
-        f.write(data)
+def lock_work_dir(work_dir: Union[str, Path]) -> filelock.BaseFileLock:
+    """Take the training lock of ``work_dir``: filelock's ``flock`` on ``.mmdualvit-train.lock``, which the kernel
+    releases however the process ends (so no lock is ever stale), and who holds it in ``.mmdualvit-train.holder``.
+    Release it with :func:`unlock_work_dir`.
 
-
-def remove_stale_temporaries(directory: Union[str, Path]) -> List[str]:
-    """Delete the temporaries that writes killed half-way (SIGKILL, out of memory) left in ``directory``.
-
-    A temporary whose writer still runs on this machine is kept, and so is one written on another machine (whose
-    processes cannot be checked from here); a temporary without a writer in its name (from an earlier mmdualvit, whose
-    trainings took no lock) is removed. Returns the removed paths.
-    """
-    removed = []
-    for path in sorted(glob.glob(osp.join(glob.escape(str(directory)), f'.*{TMP_SUFFIX}'))):
-        writer = _TMP_WRITER.search(osp.basename(path))
-        if writer and (writer['host'] != _HOST_TAG or process_alive(int(writer['pid']))):
-            continue
-        try:
-            os.remove(path)
-        except FileNotFoundError:  # its writer renamed it into place meanwhile
-            continue
-        removed.append(path)
-    return removed
-
-
-def _read_lock(path: str) -> Optional[dict]:
-    """The holder recorded in lock file ``path``; None if there is no such file. A lock is written with one
-    ``write`` right after its creation, so an empty or partial file is read again after a moment."""
-    for _ in range(20):
-        try:
-            with open(path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return None
-        try:
-            holder = json.loads(text)
-            if isinstance(holder, dict) and isinstance(holder.get('pid'), int):
-                return holder
-        except ValueError:
-            pass
-        time.sleep(0.05)
-    return dict(pid=-1, host='?', unreadable=text[:200])
-
-
-def _holder_alive(holder: dict) -> bool:
-    if holder.get('unreadable') is not None or holder.get('host') != _HOST:
-        return True  # cannot be checked from here
-    return process_alive(holder['pid'], holder.get('start'))
-
-
-def acquire_lock(path: Union[str, Path]) -> Optional[dict]:
-    """Create lock file ``path`` for this process (its pid, host, start time and command line).
-
-    A lock whose process no longer runs on this machine is stale and taken over; its holder is returned (None when
-    there was no lock).
+    Across machines it excludes as far as the work dir's file system implements ``flock`` for all its clients (local
+    disks, NFSv4, Lustre mounted with ``-o flock``; not Lustre's ``localflock``).
 
     Raises:
-        WorkDirLockedError: a live process holds the lock, or one on another machine, or the file is unreadable.
+        WorkDirLockedError: another process holds the lock (naming it), or the lock path is not a lock file.
     """
-    path = str(path)
-    mine = json.dumps(dict(pid=os.getpid(), host=_HOST, start=_process_start(os.getpid()),
-                           since=time.strftime('%Y-%m-%d %H:%M:%S'), command=' '.join(sys.argv))).encode()
-    stale = None
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            odd = 'a symbolic link' if osp.islink(path) else 'a directory' if osp.isdir(path) else None
-            if odd is not None:  # never written by acquire_lock
-                raise WorkDirLockedError(
-                    f'{path} is {odd}, not a lock file of mmdualvit, so no training can take this work dir\'s lock. '
-                    f'If no training uses {osp.dirname(path) or "."}, remove it (rm -r {path}) and start again; or '
-                    f'train in another work dir (--work-dir).') from None
-            holder = _read_lock(path)
-            if holder is None:  # released meanwhile
-                continue
-            if _holder_alive(holder):
-                raise WorkDirLockedError(_held_message(path, holder)) from None
-            # Move the stale lock aside, then check it is the one judged stale (another starting process may have
-            # replaced it meanwhile): a plain remove could delete that process's fresh lock.
-            aside = f'{path}.{os.getpid()}.{uuid.uuid4().hex}.stale'
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:
-                continue
-            if _read_lock(aside) != holder:
-                os.rename(aside, path)
-                raise WorkDirLockedError(_held_message(path, _read_lock(path) or holder)) from None
-            os.remove(aside)
-            stale = holder
-            continue
-        with os.fdopen(fd, 'wb') as f:
-            f.write(mine)
-        return stale
-    raise WorkDirLockedError(f'could not take the lock {path}: other processes keep taking and releasing it.')
+    path = osp.join(work_dir, LOCK_NAME)
+    odd = 'a symbolic link' if osp.islink(path) else 'a directory' if osp.isdir(path) else None
+    if odd is not None:  # never created by mmdualvit
+        raise WorkDirLockedError(f'{path} is {odd}, not a lock file of mmdualvit, so no training can take this work '
+                                 f'dir\'s lock. If no training uses {work_dir}, remove it (rm -r {path}) and start '
+                                 f'again; or train in another work dir (--work-dir).')
+    os.makedirs(work_dir, exist_ok=True)
+    lock = filelock.FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise WorkDirLockedError(_held_message(work_dir, path)) from None
+    atomic_write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'),
+                                 command=' '.join(sys.argv))).encode(), osp.join(work_dir, HOLDER_NAME))
+    return lock
 
 
-def _held_message(path: str, holder: dict) -> str:
-    if holder.get('unreadable') is not None:
-        who = f'an unknown process (the lock file reads {holder["unreadable"]!r})'
-    else:
-        where = 'this machine' if holder.get('host') == _HOST else f'machine {holder.get("host")!r}'
-        who = (f'process {holder["pid"]} on {where} (since {holder.get("since", "?")}: '
-               f'{holder.get("command", "?")})')
-    return (f'{osp.dirname(path) or "."} is in use by {who}. Two trainings in one work dir overwrite each other\'s '
-            f'checkpoints: wait for it to finish, or train in another work dir (--work-dir). If that process is not '
-            f'running any more, delete {path}.')
+def unlock_work_dir(lock: filelock.BaseFileLock) -> None:
+    """Release a lock of :func:`lock_work_dir` (the lock file stays: removing a locked path splits its waiters)."""
+    holder = osp.join(osp.dirname(lock.lock_file), HOLDER_NAME)
+    if osp.exists(holder):
+        os.remove(holder)
+    lock.release()
 
 
-def release_lock(path: Union[str, Path]) -> None:
-    """Remove lock file ``path`` if this process holds it."""
-    holder = _read_lock(str(path))
-    if holder is not None and holder.get('pid') == os.getpid() and holder.get('host') == _HOST:
-        os.remove(path)
+def _held_message(work_dir: Union[str, Path], path: str) -> str:
+    try:
+        with open(osp.join(work_dir, HOLDER_NAME)) as f:
+            text = f.read()
+        holder = json.loads(text)
+        where = 'this machine' if holder['host'] == socket.gethostname() else f'machine {holder["host"]!r}'
+        who = f'process {holder["pid"]} on {where} (since {holder["since"]}: {holder["command"]})'
+    except FileNotFoundError:
+        who = 'a process that has not yet said which'
+    except (ValueError, TypeError, KeyError):
+        who = f'an unknown process (its {HOLDER_NAME} reads {text[:200]!r})'
+    return (f'{work_dir} is in use by {who}. Two trainings in one work dir overwrite each other\'s checkpoints: wait '
+            f'for it to finish, or train in another work dir (--work-dir). The lock is released when that process '
+            f'ends, however it ends; `lsof {path}` shows the process holding it.')
 
 
 class AtomicLocalBackend(LocalBackend):

@@ -7,6 +7,7 @@ import sys
 import threading
 import zipfile
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,6 +381,34 @@ def test_in_a_distributed_run_the_first_process_downloads_and_the_others_read_it
     monkeypatch.setattr(dist, 'get_local_rank', lambda: 1)
     monkeypatch.setattr(dist, 'barrier', barrier_where_rank_0_downloads)
     assert torch.equal(read_checkpoint(f'{url}/tiny.pth')['q'], tiny_sd['q']) and events == ['barrier']
+
+
+def test_runs_on_one_machine_take_turns_at_a_download_and_leftovers_are_removed(http_root, tiny_sd):
+    """A second run waits for the file lock of the first one's download, then reads its file without asking the
+    server; the holder of the lock removes the temporary a killed download left."""
+    from filelock import FileLock
+    root, url = http_root
+    torch.save(tiny_sd, root / 'tiny.pth')
+    cached = checkpoint.download_cache_path(f'{url}/tiny.pth')
+    os.makedirs(os.path.dirname(cached))
+    leftover = Path(os.path.dirname(cached), f'.tiny.pth.{"0" * 32}.mmdualvit-tmp')
+    leftover.write_bytes(b'half a download')
+    first = FileLock(os.path.join(os.path.dirname(cached), '.tiny.pth.lock'))
+    first.acquire()
+    result = {}
+    second = threading.Thread(target=lambda: result.update(read_checkpoint(f'{url}/tiny.pth')))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive() and not os.path.exists(cached) and leftover.exists()  # waiting, nothing fetched
+    checkpoint._download(f'{url}/tiny.pth', cached)  # what the first run does while it holds the lock
+    (root / 'tiny.pth').unlink()
+    first.release()
+    second.join(30)
+    assert torch.equal(result['q'], tiny_sd['q']) and leftover.exists()  # the file was there: no download, no clean-up
+    os.remove(cached)
+    torch.save(tiny_sd, root / 'tiny.pth')
+    read_checkpoint(f'{url}/tiny.pth')
+    assert not leftover.exists()
 
 
 def test_offline_pretrained_names_the_url_the_cache_and_the_local_alternative():

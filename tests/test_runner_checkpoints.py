@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmdualvit.checkpoint import CheckpointError
-from mmdualvit.fileio import TMP_SUFFIX, remove_stale_temporaries
+from mmdualvit.fileio import TMP_SUFFIX, remove_temporaries
 from tests.toy_runner import build_runner, start_paused_writer
 from tests.utils import REPO, run_tool
 
@@ -166,7 +166,7 @@ def test_stale_temporaries_are_removed_at_the_next_start(trained):
     runner.train()
     assert not stale.exists() and other.exists()
     assert f'Removed {stale}' in log_of(runner)
-    assert remove_stale_temporaries(trained) == []
+    assert remove_temporaries(trained) == []
 
 
 def test_last_checkpoint_is_replaced_atomically(trained, monkeypatch):

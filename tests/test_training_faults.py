@@ -13,11 +13,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
 
 from mmdualvit.engine.runner import WorkDirError
-from mmdualvit.fileio import _HOST_TAG, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError, remove_stale_temporaries
+from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
 from tests.utils import REPO, run_tool
 
@@ -45,26 +46,22 @@ def snapshot(work: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(work.iterdir()) if p.suffix == '.pth' or p.name == 'last_checkpoint'}
 
 
+def lock_is_free(work: Path) -> bool:
+    """Whether the work dir's lock can be taken now (and nobody is recorded as holding it)."""
+    lock = filelock.FileLock(str(work / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return not (work / HOLDER_NAME).exists()
+
+
 @pytest.fixture
 def trained(tmp_path):
     """A work dir with iter_2.pth, iter_4.pth and last_checkpoint -> iter_4.pth."""
     build_runner(tmp_path / 'work', max_iters=4).train()
     return tmp_path / 'work'
-
-
-@pytest.fixture
-def sleeper():
-    """A live process of this machine other than ours."""
-    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
-    proc.wait()
-    return proc.pid
 
 
 # ----------------------------------------------------------------------------------------------- non-finite losses
@@ -77,7 +74,7 @@ def test_nan_loss_stops_the_run_before_the_step_and_rotation_keeps_the_finite_ch
     assert checkpoints(tmp_path) == {'iter_2.pth': 2, 'iter_4.pth': 4}
     assert (tmp_path / 'last_checkpoint').read_text() == f'{tmp_path}/iter_4.pth'
     assert all(bool(torch.isfinite(p).all()) for p in runner.model.parameters())
-    assert not (tmp_path / LOCK_NAME).exists()  # released by the failed run
+    assert lock_is_free(tmp_path)  # released by the failed run
     resumed = build_runner(tmp_path, max_iters=8, resume=True, max_keep_ckpts=2)  # e.g. after fixing the data
     resumed.train()
     assert 'resumed epoch: 0, iter: 4' in log_of(resumed)
@@ -171,7 +168,7 @@ def test_a_new_run_into_a_work_dir_with_checkpoints_is_refused(trained, start):
             f'the newest with --resume (or --resume {trained}/iter_4.pth), train in another work dir (--work-dir), or '
             f'pass --overwrite-work-dir (--cfg-options overwrite_work_dir=True) to replace them.')):
         build_runner(trained, max_iters=2, **kwargs).train()
-    assert snapshot(trained) == before and not (trained / LOCK_NAME).exists()
+    assert snapshot(trained) == before and lock_is_free(trained)
 
     runner = build_runner(trained, max_iters=2, overwrite_work_dir=True, **kwargs)
     runner.train()
@@ -265,69 +262,62 @@ def test_a_second_training_and_a_test_run_leave_a_writing_training_alone(tmp_pat
         proc.wait()
     assert proc.returncode == 0 and out.strip().endswith('DONE'), Path(f'{work}.stderr').read_text()[-3000:]
     assert checkpoints(work) == {'iter_2.pth': 2, 'iter_4.pth': 4, 'iter_6.pth': 6}
-    assert not (work / LOCK_NAME).exists()
+    assert lock_is_free(work)
 
 
-@pytest.mark.parametrize('holder', ['dead process', 'reused pid', 'live process', 'other machine', 'unreadable'])
+HOLD_LOCK = ('import sys, time; from mmdualvit.fileio import lock_work_dir; held = lock_work_dir(sys.argv[1]); '
+             'print("HELD", flush=True); time.sleep(120)')
+
+
+@pytest.mark.parametrize('holder', ['killed process', 'live process', 'other machine', 'unreadable'])
 @pytest.mark.slow
-def test_the_work_dir_lock(tmp_path, sleeper, holder):
+def test_the_work_dir_lock(tmp_path, holder):
+    """The lock is the kernel's: released when its process dies, however; while held, a second training is refused
+    naming the holder that its holder file records."""
     work = tmp_path / 'work'
-    work.mkdir()
-    lock = work / LOCK_NAME
-    content = dict(pid=sleeper.pid, host=os.uname().nodename, since='2026-01-01 00:00:00', command='train.py x.py')
-    if holder == 'dead process':
-        content['pid'] = dead_pid()
-    elif holder == 'reused pid':
-        content['start'] = '1'  # the pid's process started at another time: a later process reuses the pid
-    elif holder == 'other machine':
-        content['host'] = 'elsewhere.example'
-    lock.write_text('garbage' if holder == 'unreadable' else json.dumps(content))
-    runner = build_runner(work, max_iters=2)
-    if holder in ('dead process', 'reused pid'):
-        runner.train()
-        assert (f'Took over the lock {lock} of process {content["pid"]}, which no longer runs (since '
-                f'2026-01-01 00:00:00: train.py x.py).') in log_of(runner)
-        assert checkpoints(work) == {'iter_2.pth': 2} and not lock.exists()
-        return
-    who = {'live process': f'process {sleeper.pid} on this machine (since 2026-01-01 00:00:00: train.py x.py)',
-           'other machine': f"process {sleeper.pid} on machine 'elsewhere.example' (since",
-           'unreadable': "an unknown process (the lock file reads 'garbage')"}[holder]
-    with pytest.raises(WorkDirLockedError, match=re.escape(f'{work} is in use by {who}') + '.*' + re.escape(
-            f'If that process is not running any more, delete {lock}.')):
-        runner.train()
-    assert not list(work.glob('*.pth'))
-    assert lock.read_text() == ('garbage' if holder == 'unreadable' else json.dumps(content))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
+    proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(work), 'train.py x.py'], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == 'HELD'
+        recorded = json.loads((work / HOLDER_NAME).read_text())
+        assert recorded['pid'] == proc.pid and recorded['command'].endswith('train.py x.py')
+        if holder == 'killed process':
+            proc.kill()
+            proc.wait()
+            runner = build_runner(work, max_iters=2)
+            runner.train()
+            assert checkpoints(work) == {'iter_2.pth': 2} and lock_is_free(work)
+            return
+        if holder == 'other machine':
+            recorded['host'] = 'elsewhere.example'
+        text = 'garbage' if holder == 'unreadable' else json.dumps(recorded)
+        (work / HOLDER_NAME).write_text(text)
+        who = {'live process': f'process {proc.pid} on this machine (since {recorded["since"]}: ',
+               'other machine': f"process {proc.pid} on machine 'elsewhere.example' (since",
+               'unreadable': f"an unknown process (its {HOLDER_NAME} reads 'garbage')"}[holder]
+        with pytest.raises(WorkDirLockedError, match=re.escape(f'{work} is in use by {who}') + '.*' + re.escape(
+                f'The lock is released when that process ends, however it ends; `lsof {work / LOCK_NAME}` shows')):
+            build_runner(work, max_iters=2).train()
+        assert not list(work.glob('*.pth')) and (work / HOLDER_NAME).read_text() == text
+    finally:
+        proc.kill()
+        proc.wait()
 
 
-def temporary(work: Path, host: str, pid: int) -> Path:
-    path = work / f'.iter_8.pth.{host}-{pid}.{uuid.uuid4().hex}{TMP_SUFFIX}'
+def temporary(work: Path) -> Path:
+    path = work / f'.iter_8.pth.{uuid.uuid4().hex}{TMP_SUFFIX}'
     path.write_bytes(b'half a checkpoint')
     return path
 
 
 @pytest.mark.slow
-def test_clean_up_removes_only_temporaries_of_writers_that_are_gone(trained, sleeper):
-    live = temporary(trained, _HOST_TAG, sleeper.pid)
-    foreign = temporary(trained, 'f' * 8 if _HOST_TAG != 'f' * 8 else 'e' * 8, sleeper.pid)
-    dead = temporary(trained, _HOST_TAG, dead_pid())
-    legacy = trained / f'.iter_6.pth.0123abcd{TMP_SUFFIX}'
-    legacy.write_bytes(b'written before temporaries named their writer')
-    runner = build_runner(trained, max_iters=6, resume=True)
-    runner.train()
-    assert live.exists() and foreign.exists() and not dead.exists() and not legacy.exists()
-    assert f'Removed {dead}: the temporary of a write that was interrupted.' in log_of(runner)
-    sleeper.kill()
-    sleeper.wait()
-    assert remove_stale_temporaries(trained) == [str(live)]
-
-
-@pytest.mark.slow
 def test_test_runs_take_no_lock_and_delete_nothing(trained):
-    dead = temporary(trained, _HOST_TAG, dead_pid())
+    dead = temporary(trained)
     before = snapshot(trained)
     tester = build_runner(trained, test=True, load_from=str(trained / 'iter_4.pth'))
     assert 'toy/mse' in tester.test()
-    assert dead.exists() and snapshot(trained) == before and not (trained / LOCK_NAME).exists()
+    assert dead.exists() and snapshot(trained) == before and lock_is_free(trained)
 
 
 def test_test_tool_writes_under_a_test_folder_of_the_work_dir(monkeypatch):

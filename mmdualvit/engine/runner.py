@@ -21,7 +21,7 @@ from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from ..checkpoint import (CheckpointError, DamagedCheckpointError, MissingCheckpointError, _listed,
                           load_checkpoint_weights, read_checkpoint)
-from ..fileio import LOCK_NAME, acquire_lock, release_lock, remove_stale_temporaries
+from ..fileio import lock_work_dir, remove_temporaries, unlock_work_dir
 from ..registry import RUNNERS
 
 STRICT_KEY = 'strict_load'  # top-level config key; `--cfg-options strict_load=False` allows a partial load
@@ -58,12 +58,12 @@ class StrictRunner(Runner):
 
     Training (:meth:`train`) in a work dir:
 
-    - takes the lock file ``.mmdualvit-train.lock`` there (pid and host; the lock of a process that no longer runs is
-      stale and taken over), so a second training in the same work dir is refused;
+    - holds the work dir's lock (:func:`mmdualvit.fileio.lock_work_dir`, an ``flock`` the kernel releases however
+      the process ends), so a second training in the same work dir is refused, naming the holder;
     - refuses to start when the work dir holds ``iter_N.pth`` / ``epoch_N.pth`` files and the run does not resume, or
       resumes from a checkpoint older than some of them, unless the config sets ``overwrite_work_dir=True``
       (``--overwrite-work-dir``);
-    - removes the temporaries that writes killed half-way left there (never those of a live writer).
+    - removes the temporaries that writes killed half-way left there (every writer there holds the lock).
 
     Testing and validation take no lock and delete nothing. The config is dumped into the work dir only by a training
     that holds the lock and passed these checks; a test or validation run dumps it into its own log folder.
@@ -89,21 +89,17 @@ class StrictRunner(Runner):
     # ------------------------------------------------------------------------------------------- training
     def train(self):
         """mmengine's ``train``, holding the work dir's lock, after the work-dir checks (see the class)."""
-        lock = osp.join(self.work_dir, LOCK_NAME)
-        error = None
+        error = lock = None
         if self.rank == 0:
             try:
-                stale = acquire_lock(lock)
-                if stale is not None:
-                    self.logger.warning(f'Took over the lock {lock} of process {stale["pid"]}, which no longer runs '
-                                        f'(since {stale.get("since", "?")}: {stale.get("command", "?")}).')
+                lock = lock_work_dir(self.work_dir)
                 try:
-                    for path in remove_stale_temporaries(self.work_dir):
+                    for path in remove_temporaries(self.work_dir):
                         self.logger.warning(f'Removed {path}: the temporary of a write that was interrupted.')
                     self._check_work_dir()
                     self._dump_config_into(self.work_dir)
                 except BaseException:
-                    release_lock(lock)
+                    unlock_work_dir(lock)
                     raise
             except Exception as err:  # noqa: B902 (raised below, on every rank)
                 error = err
@@ -117,8 +113,8 @@ class StrictRunner(Runner):
         try:
             return super().train()
         finally:
-            if self.rank == 0:
-                release_lock(lock)
+            if lock is not None:
+                unlock_work_dir(lock)
 
     def dump_config(self) -> None:
         """Deferred: mmengine dumps the config into the work dir while the runner is built, before anything is
