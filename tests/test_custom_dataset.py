@@ -45,8 +45,8 @@ def test_the_doc_marks_both_configs():
 @pytest.mark.parametrize('name,head,count', [(DETECTION, 'roi_head.mask_head', 80),
                                              (SEGMENTATION, 'auxiliary_head', 150)])
 def test_a_head_with_another_class_count_stops_the_run_before_any_weights(tmp_path, monkeypatch, name, head, count):
+    from mmdualvit.datasets.class_counts import ClassCountError
     from mmdualvit.engine import StrictRunner
-    from mmdualvit.engine.runner import ClassCountError
     config = user_project(tmp_path, name)
     monkeypatch.chdir(tmp_path)
     cfg = Config.fromfile(str(config))

@@ -17,6 +17,7 @@ import filelock
 import pytest
 import torch
 
+from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
@@ -234,6 +235,36 @@ def test_a_zero_byte_newest_checkpoint_falls_back_to_the_previous_one(trained, r
     assert f'resuming from the newest readable checkpoint, {trained}/iter_2.pth' in log
     assert 'resumed epoch: 0, iter: 2' in log and runner.iter == 6
     assert checkpoints(trained) == {'iter_2.pth': 2, 'iter_4.pth': 4, 'iter_6.pth': 6}
+
+
+def test_resume_with_another_optimizer_type_names_the_file_and_the_fix(tmp_path):
+    build_runner(tmp_path, max_iters=2, optimizer=dict(type='SGD', lr=0.1, momentum=0.9)).train()
+    with pytest.raises(CheckpointError, match=re.escape(
+            f'--resume {tmp_path}/iter_2.pth: its optimizer state does not fit the optimizer of this config (AdamW: '
+            f'KeyError: ') + '.*' + re.escape(f'new work dir (--work-dir NEW_DIR --cfg-options '
+                                              f'load_from={tmp_path}/iter_2.pth).')):
+        build_runner(tmp_path, max_iters=4, resume=True, optimizer=dict(type='AdamW', lr=0.1)).train()
+    assert checkpoints(tmp_path) == {'iter_2.pth': 2} and lock_is_free(tmp_path)
+
+
+def test_resume_from_a_file_without_training_state_names_what_it_lacks(trained):
+    """An mmcv 1.x checkpoint has no message_hub: refused, naming it; one saved with save_optimizer=False resumes
+    with a fresh optimizer, and says so."""
+    checkpoint = torch.load(trained / 'iter_4.pth', weights_only=True)
+    del checkpoint['optimizer']
+    torch.save(checkpoint, trained / 'iter_4.pth')
+    runner = build_runner(trained, max_iters=6, resume=True)
+    runner.train()
+    assert (f'--resume {trained}/iter_4.pth: the file holds no optimizer state (saved with save_optimizer=False): the '
+            f'optimizer starts afresh') in log_of(runner)
+    checkpoint = torch.load(trained / 'iter_6.pth', weights_only=True)
+    del checkpoint['message_hub']
+    torch.save(checkpoint, trained / 'iter_6.pth')
+    with pytest.raises(CheckpointError, match=re.escape(
+            f'--resume {trained}/iter_6.pth: the file holds no message_hub state, so the training cannot continue '
+            f'where it stopped')):
+        build_runner(trained, max_iters=8, resume=True).train()
+    assert lock_is_free(trained)
 
 
 # ----------------------------------------------------------------------------------------------- one writer

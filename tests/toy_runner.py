@@ -63,11 +63,11 @@ class LineError(BaseMetric):
 
 def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, interval=2, lr=0.1, nan_at=(),
                  finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, distributed=False,
-                 checkpoint_options=None, **cfg):
+                 checkpoint_options=None, optimizer=None, **cfg):
     """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations (more hook
     arguments in ``checkpoint_options``), with the :class:`FiniteLossHook` of our configs (``finite_loss=None``
-    leaves it out); ``test=True`` adds a test loop; ``distributed=True`` runs in the (gloo) process group the caller
-    initialised, every rank on the same batches."""
+    leaves it out); ``optimizer`` replaces SGD(lr); ``test=True`` adds a test loop; ``distributed=True`` runs in the
+    (gloo) process group the caller initialised, every rank on the same batches."""
     data = DataLoader(LineData(nan_at), batch_size=4, shuffle=False)
     testing = dict(test_dataloader=data, test_cfg=dict(), test_evaluator=[LineError()]) if test else {}
     if distributed:
@@ -76,7 +76,7 @@ def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, i
     return StrictRunner(
         model=LineModel(width), work_dir=str(work_dir), experiment_name=f'toy_{uuid.uuid4().hex[:8]}',
         train_dataloader=data,
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
+        optim_wrapper=dict(optimizer=optimizer or dict(type='SGD', lr=lr)),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook', interval=interval,
                                            by_epoch=False, max_keep_ckpts=cfg.pop('max_keep_ckpts', -1),

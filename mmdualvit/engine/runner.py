@@ -21,6 +21,7 @@ from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from ..checkpoint import (CheckpointError, DamagedCheckpointError, MissingCheckpointError, _listed,
                           load_checkpoint_weights, read_checkpoint)
+from ..datasets.class_counts import check_class_counts
 from ..fileio import lock_work_dir, remove_temporaries, unlock_work_dir
 from ..registry import RUNNERS
 
@@ -29,9 +30,6 @@ TRUST_KEY = 'trust_checkpoint'  # set by --trust-checkpoint: unpickle fully (wei
 CHECK_WEIGHTS_KEY = 'check_weights'  # `--skip-weight-check` sets it False: accept NaN/Inf or non-float weights
 OVERWRITE_KEY = 'overwrite_work_dir'  # set by --overwrite-work-dir: train into a work dir holding checkpoints
 _CHECKPOINT_NAME = re.compile(r'^(?P<kind>epoch|iter)_(?P<step>\d+)\.pth$')
-_SHOWN_CLASSES = 8  # class names quoted in an error message
-# A module name 'roi_head.bbox_head.0' is config key 'roi_head.bbox_head[0]'.
-_LIST_INDEX, _INDEXED = re.compile(r'[.](\d+)(?=[.]|$)'), r'[\1]'
 
 
 class WorkDirError(RuntimeError):
@@ -76,7 +74,7 @@ class StrictRunner(Runner):
         self._check_weights = bool(self.cfg.get(CHECK_WEIGHTS_KEY, True))
         self._overwrite = bool(self.cfg.get(OVERWRITE_KEY, False))
         self._unreadable: List[str] = []  # checkpoints of the work dir that --resume found unreadable
-        self._resuming: Optional[str] = None  # the file resume() is loading
+        self._resuming: Optional[Tuple[str, bool]] = None  # the file resume() is loading, and with its optimizer?
 
     def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
         """mmengine's, where ``None`` also switches off a default hook that mmengine does not define itself (e.g.
@@ -305,11 +303,28 @@ class StrictRunner(Runner):
         """mmengine's ``resume``; then a resumed position beyond the configured end is an error, and optimizer
         settings of the config that the checkpoint replaced are named in a warning."""
         configured = _optimizer_settings(self.optim_wrapper) if resume_optimizer else {}
-        self._resuming = filename
+        self._resuming = filename, resume_optimizer
+        wrapper = self.optim_wrapper
+
+        def load_optimizer_state(state_dict):  # the optimizer's own KeyError ('step', ...) names neither file nor fix
+            try:
+                type(wrapper).load_state_dict(wrapper, state_dict)
+            except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+                raise CheckpointError(
+                    f'--resume {filename}: its optimizer state does not fit the optimizer of this config '
+                    f'({type(getattr(wrapper, "optimizer", wrapper)).__name__}: {type(err).__name__}: {err}); it was '
+                    f'saved by another optimizer type or with other parameter groups (paramwise_cfg). Resume with the '
+                    f'optimizer it was trained with, or start a new training from its weights in a new work dir '
+                    f'(--work-dir NEW_DIR --cfg-options load_from={filename}).') from None
+        patched = resume_optimizer and not isinstance(wrapper, dict)  # (a dict: not built yet, mmengine builds it)
+        if patched:
+            wrapper.load_state_dict = load_optimizer_state
         try:
             super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
         finally:
             self._resuming = None
+            if patched:
+                del wrapper.load_state_dict  # the class's method again
         loop = self.train_loop
         if isinstance(loop, EpochBasedTrainLoop):
             position, end, unit, skip = self.epoch, loop.max_epochs, ('epoch', 'train_cfg.max_epochs'), ''
@@ -352,8 +367,18 @@ class StrictRunner(Runner):
         (``map_location`` is accepted for mmengine's signature); ``load_state_dict`` copies onto the model's and
         the optimizer's devices."""
         checkpoint = self._read(filename)
-        if self._resuming == filename:
+        if self._resuming is not None and self._resuming[0] == filename:
             check_training_position(checkpoint, filename)
+            if not isinstance(checkpoint.get('message_hub'), dict):
+                raise CheckpointError(
+                    f'--resume {filename}: the file holds no message_hub state, so the training cannot continue where '
+                    f'it stopped: it was not written by an mmengine training (e.g. an mmcv 1.x / mmdet 2.x '
+                    f'checkpoint). Start a new training from its weights in a new work dir (--work-dir NEW_DIR '
+                    f'--cfg-options load_from={filename}).')
+            if self._resuming[1] and 'optimizer' not in checkpoint:
+                self.logger.warning(f'--resume {filename}: the file holds no optimizer state (saved with '
+                                    f'save_optimizer=False): the optimizer starts afresh (momenta, Adam moments) with '
+                                    f'the config\'s settings.')
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         load_checkpoint_weights(model, checkpoint, filename, self._strict_load if strict is None else strict,
@@ -378,44 +403,6 @@ def check_training_position(checkpoint: dict, filename: str) -> dict:
                                   f'the file was not written by a training run, or was altered. Resume from another '
                                   f'checkpoint, or start a new training from its weights with load_from.')
     return meta
-
-
-class ClassCountError(ValueError):
-    """A head predicts another number of classes than its dataset names."""
-
-
-def check_class_counts(model, dataset, where: str) -> None:
-    """Refuse a model whose heads' ``num_classes`` differ from the number of classes ``dataset`` names.
-
-    mmdet and mmseg train and evaluate such a model without a word (the labels fit into the larger head, the extra
-    outputs are never trained), which is the classic mistake when a config is adapted to one's own dataset. This runs
-    when a loop is built, before any weights are read. mmdet's ``NumClassCheckHook`` checks detectors only, asserts
-    after the weights are loaded and names no config key; mmseg has no such check. Class-agnostic proposal heads
-    (mmdet's ``RPNHead`` and its subclasses, ``num_classes=1``) are exempt.
-
-    Raises:
-        ClassCountError: naming every head that differs, its setting and the count to set.
-    """
-    classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
-    if not classes:
-        return
-    try:
-        from mmdet.models.dense_heads import RPNHead
-        exempt = (RPNHead, )
-    except ImportError:  # mmseg or mmpretrain alone
-        exempt = ()
-    model = model.module if is_model_wrapper(model) else model
-    wrong = [(name, module) for name, module in model.named_modules()
-             if isinstance(getattr(module, 'num_classes', None), int) and not isinstance(module, exempt)
-             and module.num_classes != len(classes)]
-    if wrong:
-        heads = ', '.join(f'model.{_LIST_INDEX.sub(_INDEXED, name)}.num_classes={module.num_classes} '
-                          f'({type(module).__name__})' for name, module in wrong)
-        shown = ', '.join(map(str, classes[:_SHOWN_CLASSES])) + (' ...' if len(classes) > _SHOWN_CLASSES else '')
-        raise ClassCountError(
-            f'{where}.dataset names {len(classes)} classes ({shown}) but {heads}: the head would predict classes the '
-            f'data does not have. Set num_classes={len(classes)} in each of these heads of your config (or '
-            f'metainfo=dict(classes=...) of the dataset, if it lists the wrong classes); docs/custom_dataset.md.')
 
 
 def _names(paths) -> str:
