@@ -24,73 +24,53 @@ FINITE_LOSS_FIX = ('lower the learning rate, clip gradients (optim_wrapper.clip_
 # Mark a history buffer / a Counter stored as plain data, so that loading can tell them from other dicts.
 _PLAIN_BUFFER = 'mmdualvit.plain_history_buffer'
 _PLAIN_COUNTER = 'mmdualvit.plain_counter'
+_PLAIN_PARTS = ('message_hub', 'param_schedulers')  # the parts of a checkpoint that hold such objects
 
 
-def history_to_plain(message_hub_state: dict) -> None:
-    """Replace each ``HistoryBuffer`` of a message hub state dict by a dict of Python lists, in place (and numpy
-    scalars among its runtime info by Python numbers).
+def _to_plain(value):
+    """``value`` with every ``HistoryBuffer``, ``collections.Counter`` and numpy scalar in it (nested in dicts and
+    lists) replaced by plain Python data; buffers and Counters become marked dicts that :func:`_from_plain` restores.
 
-    mmengine pickles the buffers as objects holding numpy arrays and references to their statistics functions
-    (``builtins.getattr``), which ``weights_only=True`` rightly refuses; lists of floats need no allow-list at all.
+    mmengine pickles the message hub's buffers as objects holding numpy arrays and references to their statistics
+    functions (``builtins.getattr``), which ``weights_only=True`` rightly refuses, and torch < 2.4 refuses the Counter
+    in which multi-step schedulers keep their milestones; lists of numbers need no allow-list at all.
     """
-    scalars = message_hub_state.get('log_scalars', {})
-    runtime_info = message_hub_state.get('runtime_info', {})
-    for key, value in runtime_info.items():  # e.g. mmengine's `eta` is a numpy float64
-        if isinstance(value, np.generic):
-            runtime_info[key] = value.item()
-    for key, buffer in scalars.items():
-        if isinstance(buffer, HistoryBuffer):
-            log, count = buffer.data
-            scalars[key] = {_PLAIN_BUFFER: 1, 'log_history': log.tolist(), 'count_history': count.tolist(),
-                            'max_length': buffer.max_length}
-
-
-def history_from_plain(message_hub_state: dict) -> None:
-    """Inverse of :func:`history_to_plain`, in place (dicts written by other code are left alone)."""
-    scalars = message_hub_state.get('log_scalars', {})
-    for key, value in scalars.items():
-        if isinstance(value, dict) and value.get(_PLAIN_BUFFER):
-            scalars[key] = HistoryBuffer(value['log_history'], value['count_history'], value['max_length'])
-
-
-def counters_to_plain(value):
-    """``value`` with every ``collections.Counter`` in it (nested in dicts and lists) replaced by a marked dict.
-
-    Multi-step schedulers keep their milestones in a Counter, which torch < 2.4's ``weights_only`` unpickler refuses.
-    """
+    if isinstance(value, HistoryBuffer):
+        log, count = value.data
+        return {_PLAIN_BUFFER: 1, 'log_history': log.tolist(), 'count_history': count.tolist(),
+                'max_length': value.max_length}
     if isinstance(value, Counter):
         return {_PLAIN_COUNTER: [[k, v] for k, v in value.items()]}
+    if isinstance(value, np.generic):  # e.g. mmengine's `eta`, a numpy float64
+        return value.item()
     if isinstance(value, dict):
-        return {k: counters_to_plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [counters_to_plain(v) for v in value]
-    return value
+        return {k: _to_plain(v) for k, v in value.items()}
+    return [_to_plain(v) for v in value] if isinstance(value, list) else value
 
 
-def counters_from_plain(value):
-    """Inverse of :func:`counters_to_plain`."""
+def _from_plain(value):
     if isinstance(value, dict):
+        if value.get(_PLAIN_BUFFER):
+            return HistoryBuffer(value['log_history'], value['count_history'], value['max_length'])
         if set(value) == {_PLAIN_COUNTER}:
             return Counter({k: v for k, v in value[_PLAIN_COUNTER]})
-        return {k: counters_from_plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [counters_from_plain(v) for v in value]
-    return value
+        return {k: _from_plain(v) for k, v in value.items()}
+    return [_from_plain(v) for v in value] if isinstance(value, list) else value
 
 
 def checkpoint_to_plain(checkpoint: dict) -> None:
-    """What PortableCheckpointHook does before a save, in place: history buffers and scheduler Counters become plain
-    data."""
-    history_to_plain(checkpoint.get('message_hub', {}))
-    if 'param_schedulers' in checkpoint:
-        checkpoint['param_schedulers'] = counters_to_plain(checkpoint['param_schedulers'])
+    """What PortableCheckpointHook does before a save, in place: the message hub's history buffers, numpy scalars
+    and the schedulers' Counters become plain data (:func:`_to_plain`)."""
+    for part in _PLAIN_PARTS:
+        if part in checkpoint:
+            checkpoint[part] = _to_plain(checkpoint[part])
 
 
 def checkpoint_from_plain(checkpoint: dict) -> None:
-    """Inverse of :func:`checkpoint_to_plain`, in place, after a load."""
-    history_from_plain(checkpoint.get('message_hub', {}))
-    if 'param_schedulers' in checkpoint:
-        checkpoint['param_schedulers'] = counters_from_plain(checkpoint['param_schedulers'])
+    """Inverse of :func:`checkpoint_to_plain`, in place, after a load (dicts written by other code are left alone)."""
+    for part in _PLAIN_PARTS:
+        if part in checkpoint:
+            checkpoint[part] = _from_plain(checkpoint[part])
 
 
 @HOOKS.register_module()
