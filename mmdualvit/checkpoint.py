@@ -151,7 +151,14 @@ def _read_remote(url: str, trust: bool) -> dict:
 
 
 def _resolve_model_zoo(url: str) -> str:
-    """mmengine's model-zoo name -> the URL (or file under mmengine's home) it stands for; other URLs unchanged."""
+    """mmengine's model-zoo name -> the URL (or file under mmengine's home) it stands for; other URLs unchanged.
+
+    Not through ``CheckpointLoader.register_scheme``: mmengine's own model-zoo loaders call its ``load_from_http``
+    directly (so a safe http loader registered for ``http://`` would not be reached) and unpickle with torch's default
+    ``weights_only``; registering ours over them (``force=True``) would change how every other component of the
+    user's process loads. Only the name tables are taken from mmengine (public functions; its home folder for
+    table entries that are paths).
+    """
     from mmengine.runner import checkpoint as mm
     scheme, name = url.split('://', 1)
     if scheme in ('open-mmlab', 'openmmlab'):
