@@ -2,6 +2,7 @@
 remote files that hang or never end, trust by flag only, and clear messages on the runner paths too."""
 import argparse
 import os
+import re
 import socket
 import sys
 import threading
@@ -382,6 +383,22 @@ def test_in_a_distributed_run_the_first_process_downloads_and_the_others_read_it
     monkeypatch.setattr(dist, 'get_local_rank', lambda: 1)
     monkeypatch.setattr(dist, 'barrier', barrier_where_rank_0_downloads)
     assert torch.equal(read_checkpoint(f'{url}/tiny.pth')['q'], tiny_sd['q']) and events == ['barrier']
+
+
+def test_a_full_disk_during_a_download_is_named_and_nothing_is_kept(http_root, tiny_sd, monkeypatch):
+    root, url = http_root
+    torch.save(tiny_sd, root / 'tiny.pth')
+    real_open = os.open
+
+    def full_disk(path, flags, *args):  # the temporary's writes fail as on a full disk
+        return real_open('/dev/full', os.O_WRONLY) if path.endswith('.mmdualvit-tmp') else real_open(path, flags, *args)
+    monkeypatch.setattr(os, 'open', full_disk)
+    cached = checkpoint.download_cache_path(f'{url}/tiny.pth')
+    with pytest.raises(checkpoint.DownloadError, match=re.escape(
+            f"disk full while downloading '{url}/tiny.pth' into '{cached}' (nothing was kept); free space there, or "
+            f'set TORCH_HOME to a larger disk.')):
+        read_checkpoint(f'{url}/tiny.pth')
+    assert not os.path.exists(cached)
 
 
 def test_runs_on_one_machine_take_turns_at_a_download_and_leftovers_are_removed(http_root, tiny_sd):
