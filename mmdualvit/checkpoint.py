@@ -588,6 +588,18 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
         raise type(err)(f'{err}{_cache_note(path)}') from None
 
 
+def _converted_and_compared(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, check_weights: bool,
+                            override: str) -> Tuple['OrderedDict[str, torch.Tensor]', 'WeightDiff']:
+    """The loading core of both paths (``init_cfg`` and whole-model loads): ``state`` converted for ``model`` and
+    compared with it; values that are not weights are refused here, first, in the same words on both paths
+    (``override`` names the path's switch). Keys and shapes are worded by each path for its own fix."""
+    state = convert_for_model(model, state)
+    diff = compare_weights(model.state_dict(), state, check_weights)
+    if diff.bad_values:
+        raise CheckpointError(diff.values_report(source, override))
+    return state, diff
+
+
 def _load_backbone_weights(model: torch.nn.Module, checkpoint: dict, path: str, prefix: Optional[str], logger: str,
                            check_weights: bool) -> dict:
     state = extract_state_dict(checkpoint, repr(path))
@@ -600,10 +612,10 @@ def _load_backbone_weights(model: torch.nn.Module, checkpoint: dict, path: str, 
         if not state:
             raise CheckpointError(f'checkpoint {path!r} has no keys under prefix {wanted!r}; remove `prefix` from '
                                   f'init_cfg or check the file.')
-    state = convert_for_model(model, state)
+    state, diff = _converted_and_compared(model, state, path, check_weights,
+                                          'set check_weights=False in the Pretrained init_cfg')
     name = type(model).__name__
     unused_prefixes = tuple(getattr(model, 'checkpoint_unused_prefixes', tuple)())
-    diff = compare_weights(model.state_dict(), state, check_weights)
     expected_unused = [k for k in diff.unexpected if unused_prefixes and k.startswith(unused_prefixes)]
     surplus = [k for k in diff.unexpected if k not in expected_unused]
 
@@ -625,8 +637,6 @@ def _load_backbone_weights(model: torch.nn.Module, checkpoint: dict, path: str, 
             f'checkpoint {path!r} holds {len(surplus)} tensors this {name} does not have (e.g. '
             f'{", ".join(surplus[:3])}); it is probably {_looks_like(state)} of another variant. Use the matching '
             f'checkpoint, or convert it with tools/model_converters/.')
-    if diff.bad_values:
-        raise CheckpointError(diff.values_report(path, 'set check_weights=False in the Pretrained init_cfg'))
     model.load_state_dict(OrderedDict((k, state[k]) for k in model.state_dict()), strict=True)
     message = f'Loaded {diff.expected} tensors into {name} from {path}: all backbone weights found.'
     if expected_unused:
@@ -651,13 +661,10 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: dict, filename: 
     state = extract_state_dict(checkpoint, repr(filename))
     for pattern, replacement in revise_keys:
         state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
-    state = convert_for_model(model, state)
+    state, diff = _converted_and_compared(model, state, filename, check_weights,
+                                          'pass --skip-weight-check (--cfg-options check_weights=False)')
     own = model.state_dict()
-    diff = compare_weights(own, state, check_weights)
     diff.missing = [k for k in diff.missing if not k.endswith('num_batches_tracked')]
-    if diff.bad_values:
-        raise CheckpointError(diff.values_report(filename, 'pass --skip-weight-check '
-                                                           '(--cfg-options check_weights=False)'))
     lines = []
     for title, items in (('missing in the file', diff.missing), ('unexpected in the file', diff.unexpected),
                          ('shape differs (file vs model)',

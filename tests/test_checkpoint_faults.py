@@ -218,6 +218,21 @@ def test_converter_trust_flag_and_its_alias(tmp_path, tiny_sd, flag):
     assert summary['kept'] == len(tiny_sd)
 
 
+def test_one_fault_reads_the_same_on_the_init_cfg_and_the_whole_model_path(tmp_path, tiny_sd):
+    """A file with NaN weights and a missing key: both loaders name the values first, in the same words."""
+    from mmdualvit.checkpoint import load_checkpoint_weights
+    state = {k: v.clone() for k, v in tiny_sd.items() if k != 'norm4.bias'}
+    state['norm4.weight'][0] = float('nan')
+    torch.save(state, tmp_path / 'nan.pth')
+    common = (rf"checkpoint '{tmp_path}/nan.pth' holds values that are not usable weights: 1 tensors hold NaN or Inf "
+              r'\(e\.g\. norm4\.weight\)\. Loading it would cast or propagate them silently.*')
+    with pytest.raises(CheckpointError, match=common + 'set check_weights=False in the Pretrained init_cfg'):
+        load_pretrained(DualViT(arch=TINY), str(tmp_path / 'nan.pth'))
+    with pytest.raises(CheckpointError, match=common + r'pass --skip-weight-check'):
+        path = str(tmp_path / 'nan.pth')
+        load_checkpoint_weights(DualViT(arch=TINY), read_checkpoint(path), path)
+
+
 # ------------------------------------------------------------------------------------------------ remote files
 @contextmanager
 def tcp_server(handle):
