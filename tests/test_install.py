@@ -171,7 +171,7 @@ def test_mminstall_files_hold_the_ranges_checked_at_import(stack, name):
 # Distributions of a OneDL-fork environment and of an upstream one, as (name, version); the runtime requirements of
 # mmdualvit are installed in both, so that a correct install adds mmdualvit alone.
 RUNTIME = [('numpy', '2.2.6'), ('packaging', '26.3'), ('psutil', '7.2.2'), ('ftfy', '6.3.1'), ('regex', '2026.9.29'),
-           ('safetensors', '0.8.0')]
+           ('safetensors', '0.8.0'), ('filelock', '3.13.1')]
 FORK_ENV = [('torch', '2.10.0'), ('torchvision', '0.25.0'), ('onedl-mmengine', '0.10.12'), ('onedl-mmcv', '2.3.6'),
             ('onedl-mmdetection', '3.5.1'), ('onedl-mmsegmentation', '1.4.2'), ('onedl-mmpretrain', '1.3.6')]
 UPSTREAM_ENV = [('torch', '2.1.2'), ('torchvision', '0.16.2'), ('mmengine', '0.10.7'), ('mmcv', '2.1.0'),
