@@ -226,10 +226,10 @@ def test_one_fault_reads_the_same_on_the_init_cfg_and_the_whole_model_path(tmp_p
     torch.save(state, tmp_path / 'nan.pth')
     common = (rf"checkpoint '{tmp_path}/nan.pth' holds values that are not usable weights: 1 tensors hold NaN or Inf "
               r'\(e\.g\. norm4\.weight\)\. Loading it would cast or propagate them silently.*')
+    path = str(tmp_path / 'nan.pth')
     with pytest.raises(CheckpointError, match=common + 'set check_weights=False in the Pretrained init_cfg'):
-        load_pretrained(DualViT(arch=TINY), str(tmp_path / 'nan.pth'))
+        load_pretrained(DualViT(arch=TINY), path)
     with pytest.raises(CheckpointError, match=common + r'pass --skip-weight-check'):
-        path = str(tmp_path / 'nan.pth')
         load_checkpoint_weights(DualViT(arch=TINY), read_checkpoint(path), path)
 
 

@@ -21,7 +21,7 @@ from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
-from tests.utils import REPO, run_tool
+from tests.utils import REPO, run_tool, tool_env
 
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 FAST = ['train_cfg.val_interval=1000', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=2',
@@ -306,7 +306,7 @@ def test_the_work_dir_lock(tmp_path, holder):
     """The lock is the kernel's: released when its process dies, however; while held, a second training is refused
     naming the holder that its holder file records."""
     work = tmp_path / 'work'
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
+    env = tool_env()
     proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(work), 'train.py x.py'], stdout=subprocess.PIPE,
                             text=True, env=env)
     try:
@@ -397,7 +397,7 @@ finally:
 def torchrun(work: Path, **kwargs) -> tuple:
     """Two gloo ranks of the toy runner: the exit status and each rank's outcome (DONE, or the error it raised)."""
     from tests.utils import free_port
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = tool_env(OMP_NUM_THREADS='1')
     script = work.parent / 'distributed.py'
     script.write_text(DISTRIBUTED)
     try:
@@ -451,7 +451,7 @@ build_runner(work, max_iters=6, resume=True, load_from=f"{work}/far.pth").train(
 
 @pytest.mark.slow
 def test_resume_beyond_the_configured_end_is_an_error_not_a_long_fast_forward(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
+    env = tool_env()
     try:
         proc = subprocess.run([sys.executable, '-c', BEYOND_THE_END, str(tmp_path)], capture_output=True, text=True,
                               env=env, timeout=240)

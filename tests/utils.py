@@ -142,6 +142,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tool_env(**extra) -> dict:
+    """The environment of a Python the tests start: this checkout first on PYTHONPATH, Python's warnings off,
+    ``extra`` variables added."""
+    import os
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
+    return dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=pythonpath, **extra)
+
+
 def run_tool(args, cwd, *, env=None, timeout=900, check=True):
     """Run the command line ``args`` (e.g. ``[sys.executable, REPO / 'tools/train.py', ...]``) in ``cwd`` as a user
     would, with this checkout first on PYTHONPATH and Python's warnings off; ``env`` adds variables.
@@ -149,13 +157,10 @@ def run_tool(args, cwd, *, env=None, timeout=900, check=True):
     Returns the ``subprocess.CompletedProcess``, stdout and stderr together in ``.stdout``. With ``check`` (the
     default) a non-zero exit status fails the test, showing the output's end; running past ``timeout`` seconds fails
     it in any case."""
-    import os
     import subprocess
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
     try:
         proc = subprocess.run([str(arg) for arg in args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout,
-                              env=dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=pythonpath, **(env or {})))
+                              text=True, timeout=timeout, env=tool_env(**(env or {})))
     except subprocess.TimeoutExpired:
         import pytest
         pytest.fail(f'{args[1] if len(args) > 1 else args[0]} did not finish within {timeout} s')
