@@ -14,7 +14,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Optional, Union
+from typing import BinaryIO, Dict, Iterator, List, Optional, Union
 
 import filelock
 from mmengine.fileio import LocalBackend, register_backend
@@ -25,6 +25,7 @@ ATOMIC_BACKEND = 'mmdualvit_atomic_local'
 TMP_SUFFIX = '.mmdualvit-tmp'
 LOCK_NAME = '.mmdualvit-train.lock'  # the flock
 HOLDER_NAME = '.mmdualvit-train.holder'  # who holds it (JSON), for the message a second training gets
+_HELD: Dict[str, list] = {}  # lock path -> [lock, depth]: the work-dir locks this process holds
 
 
 class WorkDirLockedError(RuntimeError):
@@ -92,7 +93,8 @@ def unwritable_reason(directory: Union[str, Path]) -> Optional[str]:
 def lock_work_dir(work_dir: Union[str, Path]) -> filelock.BaseFileLock:
     """Take the training lock of ``work_dir``: filelock's ``flock`` on ``.mmdualvit-train.lock``, which the kernel
     releases however the process ends (so no lock is ever stale), and who holds it in ``.mmdualvit-train.holder``.
-    Release it with :func:`unlock_work_dir`.
+    Release it with :func:`unlock_work_dir`. A process that holds it already takes it again (``tools/train.py``
+    takes it before the runner is built, the runner's ``train`` once more); the last release frees it.
 
     Across machines it excludes as far as the work dir's file system implements ``flock`` for all its clients (local
     disks, NFSv4, Lustre mounted with ``-o flock``; not Lustre's ``localflock``).
@@ -100,7 +102,10 @@ def lock_work_dir(work_dir: Union[str, Path]) -> filelock.BaseFileLock:
     Raises:
         WorkDirLockedError: another process holds the lock (naming it), or the lock path is not a lock file.
     """
-    path = osp.join(work_dir, LOCK_NAME)
+    path = osp.abspath(osp.join(work_dir, LOCK_NAME))
+    if path in _HELD:
+        _HELD[path][1] += 1
+        return _HELD[path][0]
     odd = 'a symbolic link' if osp.islink(path) else 'a directory' if osp.isdir(path) else None
     if odd is not None:  # never created by mmdualvit
         raise WorkDirLockedError(f'{path} is {odd}, not a lock file of mmdualvit, so no training can take this work '
@@ -114,11 +119,17 @@ def lock_work_dir(work_dir: Union[str, Path]) -> filelock.BaseFileLock:
         raise WorkDirLockedError(_held_message(work_dir, path)) from None
     atomic_write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'),
                                  command=' '.join(sys.argv))).encode(), osp.join(work_dir, HOLDER_NAME))
+    _HELD[path] = [lock, 1]
     return lock
 
 
 def unlock_work_dir(lock: filelock.BaseFileLock) -> None:
     """Release a lock of :func:`lock_work_dir` (the lock file stays: removing a locked path splits its waiters)."""
+    held = _HELD[lock.lock_file]
+    held[1] -= 1
+    if held[1]:
+        return
+    del _HELD[lock.lock_file]
     holder = osp.join(osp.dirname(lock.lock_file), HOLDER_NAME)
     if osp.exists(holder):
         os.remove(holder)

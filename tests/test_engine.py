@@ -2,6 +2,7 @@
 import io
 from contextlib import nullcontext
 
+import filelock
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,7 +13,7 @@ import mmdualvit  # noqa: F401
 from mmdualvit.engine import CPUAutocastOptimWrapper
 from mmdualvit.engine.hooks import checkpoint_from_plain, checkpoint_to_plain
 from mmdualvit.engine.launch import distributed_session
-from mmdualvit.fileio import AtomicLocalBackend
+from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, AtomicLocalBackend, lock_work_dir, unlock_work_dir
 from tests.utils import free_port
 
 
@@ -128,3 +129,33 @@ def test_distributed_session_without_a_launcher_starts_no_group():
     with distributed_session(cfg):
         assert not dist.is_initialized()
     assert 'model_wrapper_cfg' not in cfg
+
+
+def test_distributed_session_on_gpus_initialises_the_group_as_mmengines_runner_would(monkeypatch):
+    """Before the runner is built (tools/train.py takes the work dir's lock on rank 0 first), with the config's
+    dist_cfg; the DDP wrapper stays mmengine's."""
+    from mmdualvit.engine import launch
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(launch, 'init_dist', lambda launcher, **kwargs: calls.append((launcher, kwargs)))
+    cfg = Config(dict(launcher='slurm', env_cfg=dict(dist_cfg=dict(backend='nccl', port=29510))))
+    with distributed_session(cfg):
+        assert calls == [('slurm', dict(backend='nccl', port=29510))]
+    assert 'model_wrapper_cfg' not in cfg
+
+
+def test_the_work_dir_lock_nests_within_one_process(tmp_path):
+    """tools/train.py holds it while the runner's train() takes it again; only the last release frees it."""
+    def free():
+        other = filelock.FileLock(str(tmp_path / LOCK_NAME), timeout=0)
+        try:
+            other.acquire()
+        except filelock.Timeout:
+            return False
+        other.release()
+        return True
+    outer = lock_work_dir(tmp_path)
+    unlock_work_dir(lock_work_dir(tmp_path))
+    assert not free() and (tmp_path / HOLDER_NAME).exists()
+    unlock_work_dir(outer)
+    assert free() and not (tmp_path / HOLDER_NAME).exists()

@@ -302,9 +302,9 @@ HOLD_LOCK = ('import sys, time; from mmdualvit.fileio import lock_work_dir; held
 
 @pytest.mark.parametrize('holder', ['killed process', 'live process', 'other machine', 'unreadable'])
 @pytest.mark.slow
-def test_the_work_dir_lock(tmp_path, holder):
+def test_the_work_dir_lock(tmp_path, holder, monkeypatch):
     """The lock is the kernel's: released when its process dies, however; while held, a second training is refused
-    naming the holder that its holder file records."""
+    naming the holder that its holder file records, and tools/train.py refused writes nothing into the work dir."""
     work = tmp_path / 'work'
     env = tool_env()
     proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(work), 'train.py x.py'], stdout=subprocess.PIPE,
@@ -327,8 +327,14 @@ def test_the_work_dir_lock(tmp_path, holder):
         who = {'live process': f'process {proc.pid} on this machine (since {recorded["since"]}: ',
                'other machine': f"process {proc.pid} on machine 'elsewhere.example' (since",
                'unreadable': f"an unknown process (its {HOLDER_NAME} reads 'garbage')"}[holder]
-        with pytest.raises(WorkDirLockedError, match=re.escape(f'{work} is in use by {who}') + '.*' + re.escape(
-                f'The lock is released when that process ends, however it ends; `lsof {work / LOCK_NAME}` shows')):
+        refusal = re.escape(f'{work} is in use by {who}') + '.*' + re.escape(
+            f'The lock is released when that process ends, however it ends; `lsof {work / LOCK_NAME}` shows')
+        listing = sorted(work.rglob('*'))
+        monkeypatch.setattr(sys, 'argv', ['train.py', str(TOY_DET), '--work-dir', str(work)])
+        with pytest.raises(WorkDirLockedError, match=refusal):  # before mmengine's Runner writes its log folder
+            runpy.run_path(str(REPO / 'tools' / 'train.py'))['main']()
+        assert sorted(work.rglob('*')) == listing
+        with pytest.raises(WorkDirLockedError, match=refusal):
             build_runner(work, max_iters=2).train()
         assert not list(work.glob('*.pth')) and (work / HOLDER_NAME).read_text() == text
     finally:

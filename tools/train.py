@@ -11,6 +11,7 @@ import argparse
 import mmdualvit  # noqa: F401  (registers our models and the weights_only allow-list)
 from mmdualvit.engine.launch import (adapt_amp_to_cpu, add_common_args, build_runner, distributed_session, enable_amp,
                                      load_config)
+from mmdualvit.engine.runner import training_lock
 
 
 def parse_args():
@@ -44,7 +45,7 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    with distributed_session(cfg):
+    with distributed_session(cfg), training_lock(cfg.work_dir):  # before the runner writes into the work dir
         build_runner(cfg, args.compile).train()
 
 

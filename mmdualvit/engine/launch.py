@@ -9,19 +9,20 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.dist import init_dist
 
 
 @contextmanager
 def distributed_session(cfg: Config) -> Iterator[None]:
     """Run a tool's Runner inside a process group that is set up for CPU when needed and always torn down.
 
-    Set-up: see :func:`setup_distributed_cpu`. Tear-down: mmengine never destroys the process group it (or we)
+    Set-up: see :func:`setup_distributed`. Tear-down: mmengine never destroys the process group it (or we)
     created, and a gloo group left to the interpreter's exit can abort the process after a successful run
     ("terminate called without an active exception", exit -6; pytorch/pytorch#190489): gloo's worker threads
     still hold work whose tensors need the GIL while the interpreter is being finalised. Destroying the group
     while Python is fully alive is what torch asks for, on NCCL too.
     """
-    setup_distributed_cpu(cfg)
+    setup_distributed(cfg)
     try:
         yield
     finally:
@@ -29,14 +30,18 @@ def distributed_session(cfg: Config) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def setup_distributed_cpu(cfg: Config) -> None:
-    """Make ``launcher='pytorch'`` work on machines without CUDA.
+def setup_distributed(cfg: Config) -> None:
+    """Initialise the process group of a distributed run before the Runner is built (mmengine's then skips its own),
+    so that ``tools/train.py`` can take the work dir's lock on rank 0 first; on GPUs as mmengine's Runner would.
 
-    mmengine's pytorch launcher calls ``torch.cuda.set_device`` and wraps the model in DDP with
-    ``device_ids=[rank]``; both fail without a GPU. We initialise a gloo process group ourselves (the Runner then
-    skips its own initialisation) and wrap with ``device_ids=None``. On GPU machines nothing changes.
+    Without CUDA, mmengine's pytorch launcher would call ``torch.cuda.set_device`` and wrap the model in DDP with
+    ``device_ids=[rank]``; both fail. There the group is gloo's and the wrapper has ``device_ids=None``.
     """
-    if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    if torch.cuda.is_available():
+        if not dist.is_initialized():
+            init_dist(cfg.launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
         return
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')

@@ -11,9 +11,10 @@ checkpoints, or resumed from an older one, overwrites them, and two trainings in
 import os
 import os.path as osp
 import re
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmengine.dist import broadcast_object_list, get_world_size
+from mmengine.dist import broadcast_object_list, get_rank, get_world_size
 from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
@@ -87,32 +88,14 @@ class StrictRunner(Runner):
     # ------------------------------------------------------------------------------------------- training
     def train(self):
         """mmengine's ``train``, holding the work dir's lock, after the work-dir checks (see the class)."""
-        error = lock = None
-        if self.rank == 0:
-            try:
-                lock = lock_work_dir(self.work_dir)
-                try:
-                    for path in remove_temporaries(self.work_dir):
-                        self.logger.warning(f'Removed {path}: the temporary of a write that was interrupted.')
-                    self._check_work_dir()
-                    self._dump_config_into(self.work_dir)
-                except BaseException:
-                    unlock_work_dir(lock)
-                    raise
-            except Exception as err:  # noqa: B902 (raised below, on every rank)
-                error = err
-        if get_world_size() > 1:  # every rank stops when rank 0 refuses
-            shared = [None if error is None else str(error)]
-            broadcast_object_list(shared, src=0)
-            if shared[0] is not None and error is None:
-                raise WorkDirError(f'rank 0 refused to start: {shared[0]}')
-        if error is not None:
-            raise error
-        try:
+        with training_lock(self.work_dir, self._prepare_work_dir):
             return super().train()
-        finally:
-            if lock is not None:
-                unlock_work_dir(lock)
+
+    def _prepare_work_dir(self) -> None:
+        for path in remove_temporaries(self.work_dir):
+            self.logger.warning(f'Removed {path}: the temporary of a write that was interrupted.')
+        self._check_work_dir()
+        self._dump_config_into(self.work_dir)
 
     def dump_config(self) -> None:
         """Deferred: mmengine dumps the config into the work dir while the runner is built, before anything is
@@ -386,6 +369,39 @@ class StrictRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+
+@contextmanager
+def training_lock(work_dir: str, prepare: Optional[Callable[[], None]] = None) -> Iterator[None]:
+    """Rank 0 holds ``work_dir``'s lock (:func:`mmdualvit.fileio.lock_work_dir`) while the body runs, after
+    ``prepare()``; when rank 0 cannot take it, or ``prepare`` raises, every rank raises before the body.
+
+    ``tools/train.py`` takes it before it builds the runner, because mmengine's ``Runner.__init__`` writes its log
+    folder into the work dir; :meth:`StrictRunner.train` takes it (again) for trainings started by other tools."""
+    error = lock = None
+    if get_rank() == 0:
+        try:
+            lock = lock_work_dir(work_dir)
+            try:
+                if prepare is not None:
+                    prepare()
+            except BaseException:
+                unlock_work_dir(lock)
+                raise
+        except Exception as err:  # noqa: B902 (raised below, on every rank)
+            error = err
+    if get_world_size() > 1:  # every rank stops when rank 0 refuses
+        shared = [None if error is None else str(error)]
+        broadcast_object_list(shared, src=0)
+        if shared[0] is not None and error is None:
+            raise WorkDirError(f'rank 0 refused to start: {shared[0]}')
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            unlock_work_dir(lock)
 
 
 def check_training_position(checkpoint: dict, filename: str) -> dict:
