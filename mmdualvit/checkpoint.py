@@ -191,38 +191,21 @@ def _cache_note(url: str) -> str:
 def fetch_cached(url: str) -> str:
     """The local path of ``url``'s file in the download cache, fetching it first if it is not there.
 
-    In a distributed run the first process of each machine (local rank 0) fetches while the others wait at a barrier
-    and then read the same file, as mmengine's loader does; a process that still finds no file (its machine's first
-    one failed, and says why) tries itself, so a failure never leaves anyone waiting. A file enters the cache
-    complete and checked or not at all: see :func:`_download`.
+    The fetch holds a lock beside the cached file, so the processes of one machine (the ranks of a distributed run,
+    or separate runs) fetch it once: the first to take the lock fetches, the others wait and then read its file, or
+    try in turn if it failed (it says why). A lock rather than mmengine's rank-0-then-barrier: waiting ranks are not
+    bound by the process group's collective timeout, and separate runs take turns too. The holder removes what
+    killed downloads left. A file enters the cache complete and checked or not at all: see :func:`_download`.
     """
-    from mmengine.dist import barrier, get_dist_info, get_local_rank
     cached = download_cache_path(url)
-    _, world_size = get_dist_info()
-    failure = None
-    if get_local_rank() == 0 and not os.path.isfile(cached):
-        try:
-            _download_once(url, cached)
-        except CheckpointError as err:
-            failure = err
-    if world_size > 1:
-        barrier()
-    if failure is not None:
-        raise failure
-    if not os.path.isfile(cached):
-        _download_once(url, cached)
-    return cached
-
-
-def _download_once(url: str, cached: str) -> None:
-    """:func:`_download` holding the cache file's lock: other runs on this machine wait and then read the file, and
-    the temporaries left by downloads killed half-way can be removed."""
     directory, name = os.path.split(cached)
-    os.makedirs(directory, exist_ok=True)
-    with FileLock(os.path.join(directory, f'.{name}.lock')):
-        if not os.path.isfile(cached):
-            remove_temporaries(directory, name)
-            _download(url, cached)
+    if not os.path.isfile(cached):
+        os.makedirs(directory, exist_ok=True)
+        with FileLock(os.path.join(directory, f'.{name}.lock')):
+            if not os.path.isfile(cached):
+                remove_temporaries(directory, name)
+                _download(url, cached)
+    return cached
 
 
 def download_setting(name: str) -> float:

@@ -380,26 +380,6 @@ def test_a_hash_in_the_file_name_is_checked(http_root, tiny_sd):
     assert torch.equal(read_checkpoint(f'{url}/tiny-{digest[:8]}.pth')['q'], tiny_sd['q'])
 
 
-def test_in_a_distributed_run_the_first_process_downloads_and_the_others_read_its_file(http_root, tiny_sd,
-                                                                                       monkeypatch):
-    """Rank 1 waits at the barrier (here: rank 0 finishes its download there), then reads the cached file without
-    asking the server, which no longer has it."""
-    from mmengine import dist
-    root, url = http_root
-    torch.save(tiny_sd, root / 'tiny.pth')
-    events = []
-
-    def barrier_where_rank_0_downloads():
-        events.append('barrier')
-        checkpoint._download(f'{url}/tiny.pth', checkpoint.download_cache_path(f'{url}/tiny.pth'))
-        (root / 'tiny.pth').unlink()
-
-    monkeypatch.setattr(dist, 'get_dist_info', lambda: (1, 2))
-    monkeypatch.setattr(dist, 'get_local_rank', lambda: 1)
-    monkeypatch.setattr(dist, 'barrier', barrier_where_rank_0_downloads)
-    assert torch.equal(read_checkpoint(f'{url}/tiny.pth')['q'], tiny_sd['q']) and events == ['barrier']
-
-
 def test_a_full_disk_during_a_download_is_named_and_nothing_is_kept(http_root, tiny_sd, monkeypatch):
     root, url = http_root
     torch.save(tiny_sd, root / 'tiny.pth')
@@ -416,9 +396,10 @@ def test_a_full_disk_during_a_download_is_named_and_nothing_is_kept(http_root, t
     assert not os.path.exists(cached)
 
 
-def test_runs_on_one_machine_take_turns_at_a_download_and_leftovers_are_removed(http_root, tiny_sd):
-    """A second run waits for the file lock of the first one's download, then reads its file without asking the
-    server; the holder of the lock removes the temporary a killed download left."""
+def test_processes_on_one_machine_take_turns_at_a_download_and_leftovers_are_removed(http_root, tiny_sd):
+    """A second process (another rank of a distributed run, or another run) waits for the file lock of the first
+    one's download, then reads its file without asking the server; the holder of the lock removes the temporary a
+    killed download left."""
     from filelock import FileLock
     root, url = http_root
     torch.save(tiny_sd, root / 'tiny.pth')
