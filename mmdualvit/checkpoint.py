@@ -276,11 +276,8 @@ def _download(url: str, dest: str) -> None:
                                     f'damaged file, and nothing was kept. Check the URL, or try again.')
     except CheckpointError:
         raise
-    except TimeoutError:
-        raise DownloadError(f'checkpoint {url!r}: the server did not answer within {timeout:g} s; check the URL and '
-                            f'your connection, or {fix}.') from None
-    except OSError as err:  # urllib's HTTPError and URLError are OSErrors
-        if isinstance(getattr(err, 'reason', None), TimeoutError):
+    except OSError as err:  # TimeoutError, and urllib's HTTPError and URLError (which wraps timeouts to connect)
+        if isinstance(err, TimeoutError) or isinstance(getattr(err, 'reason', None), TimeoutError):
             raise DownloadError(f'checkpoint {url!r}: the server did not answer within {timeout:g} s; check the URL '
                                 f'and your connection, or {fix}.') from None
         if err.errno == errno.ENOSPC:

@@ -176,19 +176,17 @@ class StrictRunner(Runner):
 
     # ------------------------------------------------------------------------------------------- datasets
     def build_train_loop(self, loop):
-        built = super().build_train_loop(loop)
-        check_class_counts(self.model, built.dataloader.dataset, 'train_dataloader')
-        return built
+        return self._class_checked(super().build_train_loop(loop), 'train_dataloader')
 
     def build_val_loop(self, loop):
-        built = super().build_val_loop(loop)
-        check_class_counts(self.model, built.dataloader.dataset, 'val_dataloader')
-        return built
+        return self._class_checked(super().build_val_loop(loop), 'val_dataloader')
 
     def build_test_loop(self, loop):
-        built = super().build_test_loop(loop)
-        check_class_counts(self.model, built.dataloader.dataset, 'test_dataloader')
-        return built
+        return self._class_checked(super().build_test_loop(loop), 'test_dataloader')
+
+    def _class_checked(self, loop, where: str):
+        check_class_counts(self.model, loop.dataloader.dataset, where)
+        return loop
 
     # ------------------------------------------------------------------------------------------- loading
     def load_or_resume(self) -> None:
