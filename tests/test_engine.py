@@ -2,7 +2,6 @@
 import io
 from contextlib import nullcontext
 
-import filelock
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,8 +12,8 @@ import mmdualvit  # noqa: F401
 from mmdualvit.engine import CPUAutocastOptimWrapper
 from mmdualvit.engine.hooks import checkpoint_from_plain, checkpoint_to_plain
 from mmdualvit.engine.launch import distributed_session
-from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, AtomicLocalBackend, lock_work_dir, unlock_work_dir
-from tests.utils import free_port
+from mmdualvit.fileio import HOLDER_NAME, AtomicLocalBackend, lock_work_dir, unlock_work_dir
+from tests.utils import free_port, lock_can_be_taken
 
 
 def test_atomic_backend_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
@@ -146,16 +145,8 @@ def test_distributed_session_on_gpus_initialises_the_group_as_mmengines_runner_w
 
 def test_the_work_dir_lock_nests_within_one_process(tmp_path):
     """tools/train.py holds it while the runner's train() takes it again; only the last release frees it."""
-    def free():
-        other = filelock.FileLock(str(tmp_path / LOCK_NAME), timeout=0)
-        try:
-            other.acquire()
-        except filelock.Timeout:
-            return False
-        other.release()
-        return True
     outer = lock_work_dir(tmp_path)
     unlock_work_dir(lock_work_dir(tmp_path))
-    assert not free() and (tmp_path / HOLDER_NAME).exists()
+    assert not lock_can_be_taken(tmp_path) and (tmp_path / HOLDER_NAME).exists()
     unlock_work_dir(outer)
-    assert free() and not (tmp_path / HOLDER_NAME).exists()
+    assert lock_can_be_taken(tmp_path) and not (tmp_path / HOLDER_NAME).exists()

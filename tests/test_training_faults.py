@@ -13,7 +13,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import filelock
 import pytest
 import torch
 
@@ -21,7 +20,7 @@ from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.engine.runner import WorkDirError
 from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
-from tests.utils import REPO, run_tool, tool_env
+from tests.utils import REPO, lock_can_be_taken, run_tool, tool_env
 
 TOY_DET = REPO / 'configs' / 'toy' / 'maskrcnn_dualvit_toy.py'
 FAST = ['train_cfg.val_interval=1000', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=2',
@@ -49,13 +48,7 @@ def snapshot(work: Path) -> dict:
 
 def lock_is_free(work: Path) -> bool:
     """Whether the work dir's lock can be taken now (and nobody is recorded as holding it)."""
-    lock = filelock.FileLock(str(work / LOCK_NAME), timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        return False
-    lock.release()
-    return not (work / HOLDER_NAME).exists()
+    return lock_can_be_taken(work) and not (work / HOLDER_NAME).exists()
 
 
 @pytest.fixture

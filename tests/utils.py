@@ -142,6 +142,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def lock_can_be_taken(work_dir: Path) -> bool:
+    """Whether another holder could take the training lock of ``work_dir`` (mmdualvit.fileio.lock_work_dir) now."""
+    import filelock
+
+    from mmdualvit.fileio import LOCK_NAME
+    lock = filelock.FileLock(str(Path(work_dir) / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return True
+
+
 def tool_env(**extra) -> dict:
     """The environment of a Python the tests start: this checkout first on PYTHONPATH, Python's warnings off,
     ``extra`` variables added."""
