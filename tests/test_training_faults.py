@@ -541,16 +541,18 @@ def test_train_tool_names_the_annotation_file_when_no_box_is_valid(toy_root, tmp
     assert not list((tmp_path / 'work').glob('*.pth'))
 
 
-@pytest.mark.parametrize('options', [dict(out_dir='elsewhere'), dict(filename_tmpl='ckpt_{:04d}.pth'),
-                                     dict(out_dir='elsewhere', filename_tmpl='model_{}.pt')])
-def test_checkpoints_are_found_wherever_the_hook_writes_them(tmp_path, options):
+@pytest.mark.parametrize('options, saved_in', [
+    (dict(out_dir='elsewhere'), 'elsewhere/work'), (dict(filename_tmpl='ckpt_{:04d}.pth'), 'work'),
+    (dict(out_dir='elsewhere', filename_tmpl='model_{}.pt'), 'elsewhere/work'),
+    (dict(out_dir='work/'), 'work/work')])  # the work dir written otherwise: mmengine compares the strings
+def test_checkpoints_are_found_wherever_the_hook_writes_them(tmp_path, options, saved_in):
     """The overwrite check and the resume scan follow the checkpoint hook's out_dir (mmengine saves into
-    out_dir/<work dir's name>) and filename_tmpl: a second run without --resume is refused, --resume continues
-    from the newest of them, also without last_checkpoint."""
+    out_dir/<work dir's name> unless out_dir is the work dir's very string) and filename_tmpl: a second run without
+    --resume is refused, --resume continues from the newest of them, also without last_checkpoint."""
     work = tmp_path / 'work'
-    options = {k: str(tmp_path / v) if k == 'out_dir' else v for k, v in options.items()}
+    options = {k: f'{tmp_path}/{v}' if k == 'out_dir' else v for k, v in options.items()}
     build_runner(work, max_iters=4, checkpoint_options=options).train()
-    saved = sorted((tmp_path / 'elsewhere' / 'work' if 'out_dir' in options else work).glob('*_*.pt*'))
+    saved = sorted((tmp_path / saved_in).glob('*_*.pt*'))
     assert len(saved) == 2 and not list(work.glob('iter_*.pth'))
     before = {p: p.stat().st_mtime_ns for p in saved}
     with pytest.raises(WorkDirError, match=rf'already holds checkpoints \({saved[1].name}, {saved[0].name}\); this '

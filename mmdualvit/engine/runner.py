@@ -125,10 +125,10 @@ class StrictRunner(Runner):
         for hook in self.hooks:
             if not isinstance(hook, CheckpointHook):
                 continue
-            out_dir = str(hook.out_dir or self.work_dir)
-            if '://' in out_dir:
+            out_dir = self.work_dir if hook.out_dir is None else hook.out_dir
+            if '://' in str(out_dir):
                 continue
-            if osp.abspath(out_dir) != osp.abspath(self.work_dir):
+            if out_dir != self.work_dir:  # compared as mmengine's hook compares them: as given, not resolved
                 out_dir = osp.join(out_dir, osp.basename(self.work_dir.rstrip(osp.sep)))
             parts = re.split(r'\{[^}]*\}', hook.filename_tmpl, maxsplit=1)
             if len(parts) != 2:  # a template without a step: every save replaces one file
