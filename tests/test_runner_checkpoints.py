@@ -76,12 +76,17 @@ def test_resume_without_last_checkpoint_takes_the_newest_valid_one(trained):
     assert 'resumed epoch: 0, iter: 4' in log
 
 
-def test_resume_with_empty_last_checkpoint_says_so_and_uses_the_newest(trained):
-    (trained / 'last_checkpoint').write_text('')
+@pytest.mark.parametrize('content, problem', [
+    (b'', 'is empty'), (b'\0' * 64, 'is damaged (it holds NUL bytes)'),  # zeros: a crash during an in-place write
+    (b'\xff\xfe/iter_4.pth', "is damaged ('utf-8' codec can't decode byte 0xff")])
+def test_resume_with_an_empty_or_damaged_last_checkpoint_says_so_and_uses_the_newest(trained, content, problem):
+    record = trained / 'last_checkpoint'
+    record.write_bytes(content)
     runner = build_runner(trained, max_iters=6, resume=True)
     runner.train()
-    assert f'last_checkpoint is empty; resuming from the newest readable checkpoint, {trained}/iter_4.pth' \
-        in log_of(runner)
+    log = log_of(runner)
+    assert f'--resume: {record} {problem}' in log and runner.iter == 6
+    assert f'; resuming from the newest readable checkpoint, {trained}/iter_4.pth' in log
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(trained):

@@ -47,11 +47,10 @@ class StrictRunner(Runner):
       ``strict_load=False``, and NaN/Inf or non-floating weights are refused unless it sets ``check_weights=False``;
     - files are read with :func:`mmdualvit.checkpoint.read_checkpoint`, with ``weights_only=True`` (on torch < 2.6
       too, whose default is ``False``) unless the config sets ``trust_checkpoint=True`` (``--trust-checkpoint``);
-    - ``resume=True`` without a file: uses ``last_checkpoint``; when it is missing, empty, or points to an unreadable
-      file, resumes from the newest *readable* ``iter_N.pth`` / ``epoch_N.pth`` in the work dir and says which; when
-      a newer readable checkpoint was written after ``last_checkpoint`` (a run killed between the two writes), from
-      that one;
-      starts from scratch only when the work dir holds no checkpoint at all;
+    - ``resume=True`` without a file: uses ``last_checkpoint``; when it is missing, empty, damaged, or points to a
+      damaged file, resumes from the newest *readable* checkpoint of the work dir and says which; when a newer
+      readable checkpoint was written after ``last_checkpoint`` (a run killed between the two writes), from that one;
+      starts from scratch only when the work dir holds no checkpoint at all (docs/checkpoints.md has the details);
     - a resumed iteration (epoch) beyond ``max_iters`` (``max_epochs``) is an error, and optimizer settings of the
       config that the checkpoint replaces (e.g. the learning rate) are named in a warning.
 
@@ -205,29 +204,24 @@ class StrictRunner(Runner):
         work_dir = self.work_dir
         record = osp.join(work_dir, 'last_checkpoint')
         candidates = [path for _, _, path in self._work_dir_checkpoints()]
-        problem = None
-        if osp.exists(record):
-            with open(record) as f:
-                recorded = f.read().strip()
-            if not recorded:
-                problem = f'{record} is empty'
-            else:
-                stale_from = self._written_after(record, recorded, candidates)
-                if stale_from:
-                    return stale_from
-                try:
-                    self._read(recorded)
-                    self.logger.info(f'--resume: resuming from {recorded} (named in {record}).')
-                    return recorded
-                except CheckpointError as error:
-                    self._refuse_if_intact(recorded, error)
-                    problem = str(error).rstrip('.')
-                    self._unreadable.append(recorded)
-                    candidates = [c for c in candidates if osp.abspath(c) != osp.abspath(recorded)]
-        elif candidates:
+        recorded, problem = _recorded_checkpoint(record)
+        if recorded:
+            stale_from = self._written_after(record, recorded, candidates)
+            if stale_from:
+                return stale_from
+            try:
+                self._read(recorded)
+                self.logger.info(f'--resume: resuming from {recorded} (named in {record}).')
+                return recorded
+            except CheckpointError as error:
+                self._refuse_if_intact(recorded, error)
+                problem = str(error).rstrip('.')
+                self._unreadable.append(recorded)
+                candidates = [c for c in candidates if osp.abspath(c) != osp.abspath(recorded)]
+        elif problem is None:
+            if not candidates:
+                return None
             problem = f'{record} does not exist'
-        else:
-            return None
         path = self._first_readable(candidates)
         if path is not None:
             self.logger.warning(f'--resume: {problem}; resuming from the newest readable checkpoint, {path}.')
@@ -417,6 +411,21 @@ def check_training_position(checkpoint: dict, filename: str) -> dict:
                                   f'the file was not written by a training run, or was altered. Resume from another '
                                   f'checkpoint, or start a new training from its weights with load_from.')
     return meta
+
+
+def _recorded_checkpoint(record: str) -> Tuple[str, Optional[str]]:
+    """The path that ``last_checkpoint`` file ``record`` names, or '' and what is wrong with it (None if it does not
+    exist). mmengine's own hook rewrites it in place, so a crash can leave it empty or zero-filled."""
+    if not osp.exists(record):
+        return '', None
+    try:
+        with open(record, 'rb') as f:
+            recorded = f.read().decode().strip()
+    except UnicodeDecodeError as err:
+        return '', f'{record} is damaged ({err})'
+    if '\0' in recorded:
+        return '', f'{record} is damaged (it holds NUL bytes)'
+    return recorded, None if recorded else f'{record} is empty'
 
 
 def _names(paths) -> str:
