@@ -243,7 +243,8 @@ def _download(url: str, dest: str) -> None:
     done = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest) as out:
-            declared = int(response.headers.get('Content-Length') or -1)
+            length = response.headers.get('Content-Length', '').strip()
+            declared = int(length) if length.isdigit() else -1  # absent or malformed: only the limit bounds it
             total = f' of {declared / 2**20:.1f}' if declared > 0 else ''
             if declared > limit:
                 raise DownloadError(f'checkpoint {url!r} is {declared / 2**20:.0f} MiB, over the {limit_mb:g} MiB '

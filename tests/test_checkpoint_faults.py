@@ -332,6 +332,17 @@ def test_a_partial_download_is_refused_and_not_cached():
     assert not os.path.exists(checkpoint.download_cache_path(f'{url}/w.pth'))
 
 
+def test_a_malformed_content_length_is_not_a_declared_size(tiny_sd, tmp_path):
+    torch.save(tiny_sd, tmp_path / 'tiny.pth')
+
+    def malformed(conn, stop):  # http.client ignores such a header; the size limit still bounds the body
+        conn.recv(4096)
+        conn.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 2 MB\r\n\r\n' + (tmp_path / 'tiny.pth').read_bytes())
+        conn.close()
+    with tcp_server(malformed) as url:
+        assert torch.equal(read_checkpoint(f'{url}/tiny.pth')['q'], tiny_sd['q'])
+
+
 @pytest.mark.parametrize('value', ['abc', '0', '-5', 'nan', 'inf'])
 def test_download_settings_come_from_the_environment_and_bad_ones_are_named(monkeypatch, value):
     monkeypatch.setenv('MMDUALVIT_DOWNLOAD_LIMIT_MB', '9')
