@@ -29,7 +29,7 @@ _HELD: Dict[str, list] = {}  # lock path -> [lock, depth]: the work-dir locks th
 
 
 class WorkDirLockedError(RuntimeError):
-    """Another process holds the lock of a directory."""
+    """The lock of a work dir cannot be taken: another process holds it, or the path cannot hold one."""
 
 
 @contextmanager
@@ -100,17 +100,22 @@ def lock_work_dir(work_dir: Union[str, Path]) -> filelock.BaseFileLock:
     disks, NFSv4, Lustre mounted with ``-o flock``; not Lustre's ``localflock``).
 
     Raises:
-        WorkDirLockedError: another process holds the lock (naming it), or the lock path is not a lock file.
+        WorkDirLockedError: another process holds the lock (naming it), or the work dir or its lock files are not
+            what they should be.
     """
     path = osp.abspath(osp.join(work_dir, LOCK_NAME))
     if path in _HELD:
         _HELD[path][1] += 1
         return _HELD[path][0]
-    odd = 'a symbolic link' if osp.islink(path) else 'a directory' if osp.isdir(path) else None
-    if odd is not None:  # never created by mmdualvit
-        raise WorkDirLockedError(f'{path} is {odd}, not a lock file of mmdualvit, so no training can take this work '
-                                 f'dir\'s lock. If no training uses {work_dir}, remove it (rm -r {path}) and start '
-                                 f'again; or train in another work dir (--work-dir).')
+    reason = unwritable_reason(work_dir)
+    if reason is not None:
+        raise WorkDirLockedError(f'cannot train in {work_dir}: {reason}; give another --work-dir.')
+    for own in (path, osp.join(work_dir, HOLDER_NAME)):
+        odd = 'a symbolic link' if osp.islink(own) else 'a directory' if osp.isdir(own) else None
+        if odd is not None:  # never created by mmdualvit
+            raise WorkDirLockedError(f'{own} is {odd}, not a lock file of mmdualvit, so no training can take this '
+                                     f'work dir\'s lock. If no training uses {work_dir}, remove it (rm -r {own}) and '
+                                     f'start again; or train in another work dir (--work-dir).')
     os.makedirs(work_dir, exist_ok=True)
     lock = filelock.FileLock(path, timeout=0)
     try:

@@ -18,7 +18,7 @@ import torch
 
 from mmdualvit.checkpoint import CheckpointError
 from mmdualvit.engine.runner import WorkDirError
-from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError
+from mmdualvit.fileio import HOLDER_NAME, LOCK_NAME, TMP_SUFFIX, WorkDirLockedError, lock_work_dir
 from tests.toy_runner import LineModel, build_runner, start_paused_writer
 from tests.utils import REPO, lock_can_be_taken, run_tool, tool_env
 
@@ -566,21 +566,28 @@ def test_checkpoints_are_found_wherever_the_hook_writes_them(tmp_path, options, 
         Path(resumed.log_dir, f'{resumed.timestamp}.log').read_text()
 
 
-@pytest.mark.parametrize('odd', ['directory', 'dangling link', 'link to a file'])
+@pytest.mark.parametrize('odd', ['directory', 'dangling link', 'link to a file', 'holder record a directory'])
 def test_a_lock_path_that_is_not_a_lock_file_is_named(tmp_path, odd):
     work = tmp_path / 'work'
     work.mkdir()
-    lock = work / LOCK_NAME
-    if odd == 'directory':
+    lock = work / (HOLDER_NAME if odd.startswith('holder') else LOCK_NAME)
+    if odd.endswith('directory'):
         lock.mkdir()
     else:
         target = tmp_path / 'elsewhere.json'
         if odd == 'link to a file':
             target.write_text(json.dumps(dict(pid=1, host='x')))
         lock.symlink_to(target)
-    kind = 'a directory' if odd == 'directory' else 'a symbolic link'
+    kind = 'a directory' if odd.endswith('directory') else 'a symbolic link'
     with pytest.raises(WorkDirLockedError, match=re.escape(f'{lock} is {kind}, not a lock file of mmdualvit, so no '
                                                            f'training can take this work dir\'s lock. If no training '
                                                            f'uses {work}, remove it (rm -r {lock})')):
         build_runner(work, max_iters=2).train()
     assert not list(work.glob('*.pth'))
+
+
+def test_a_work_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / 'work').write_text('')
+    with pytest.raises(WorkDirLockedError, match=re.escape(f"cannot train in {tmp_path}/work: '{tmp_path}/work' is a "
+                                                           f"file, not a directory; give another --work-dir.")):
+        lock_work_dir(tmp_path / 'work')
