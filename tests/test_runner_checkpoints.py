@@ -202,6 +202,38 @@ def test_old_checkpoints_are_removed_only_after_the_new_one_is_written(tmp_path,
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_4.pth', 'iter_6.pth']
 
 
+def test_the_previous_best_checkpoint_is_removed_only_after_the_new_one_is_written(tmp_path, monkeypatch):
+    """mmengine's hook (save_best) deletes the previous best checkpoint before it writes the new one."""
+    from mmengine.evaluator import BaseMetric
+
+    class Rising(BaseMetric):  # every validation is a new best
+        calls = 0
+
+        def process(self, data_batch, data_samples):
+            self.results.append(0)
+
+        def compute_metrics(self, results):
+            Rising.calls += 1
+            return dict(calls=Rising.calls)
+    runner = build_runner(tmp_path, max_iters=4, val_metric=Rising(),
+                          checkpoint_options=dict(save_best='calls', rule='greater'))
+    real_save = runner.save_checkpoint
+
+    def disk_full_at_the_second_best(out_dir, filename, *args, **kwargs):
+        if filename.startswith('best_') and Rising.calls == 2:
+            raise OSError('disk full')
+        return real_save(out_dir, filename, *args, **kwargs)
+    monkeypatch.setattr(runner, 'save_checkpoint', disk_full_at_the_second_best)
+    with pytest.raises(OSError, match='disk full'):
+        runner.train()
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['best_calls_iter_2.pth', 'iter_2.pth', 'iter_4.pth']
+    monkeypatch.undo()
+    Rising.calls = 2
+    build_runner(tmp_path, max_iters=6, resume=True, val_metric=Rising(),
+                 checkpoint_options=dict(save_best='calls', rule='greater')).train()
+    assert sorted(p.name for p in tmp_path.glob('best_*.pth')) == ['best_calls_iter_6.pth']
+
+
 @pytest.mark.parametrize('umask', [0o022, 0o027])
 def test_written_files_get_the_mode_of_a_normal_write(tmp_path, umask):
     old = os.umask(umask)

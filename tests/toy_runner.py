@@ -62,14 +62,17 @@ class LineError(BaseMetric):
 
 
 def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, interval=2, lr=0.1, nan_at=(),
-                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, distributed=False,
+                 finite_loss=dict(type='mmdualvit.FiniteLossHook'), test=False, val_metric=None, distributed=False,
                  checkpoint_options=None, optimizer=None, **cfg):
     """A StrictRunner saving through :class:`PortableCheckpointHook` every ``interval`` iterations (more hook
     arguments in ``checkpoint_options``), with the :class:`FiniteLossHook` of our configs (``finite_loss=None``
-    leaves it out); ``optimizer`` replaces SGD(lr); ``test=True`` adds a test loop; ``distributed=True`` runs in the
+    leaves it out); ``optimizer`` replaces SGD(lr); ``test=True`` adds a test loop, ``val_metric`` a validation with
+    that metric every ``interval`` iterations; ``distributed=True`` runs in the
     (gloo) process group the caller initialised, every rank on the same batches."""
     data = DataLoader(LineData(nan_at), batch_size=4, shuffle=False)
     testing = dict(test_dataloader=data, test_cfg=dict(), test_evaluator=[LineError()]) if test else {}
+    if val_metric is not None:
+        testing.update(val_dataloader=data, val_cfg=dict(), val_evaluator=[val_metric])
     if distributed:
         testing.update(launcher='pytorch')
         cfg.update(model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None))
@@ -77,7 +80,7 @@ def build_runner(work_dir, max_iters=4, resume=False, load_from=None, width=1, i
         model=LineModel(width), work_dir=str(work_dir), experiment_name=f'toy_{uuid.uuid4().hex[:8]}',
         train_dataloader=data,
         optim_wrapper=dict(optimizer=optimizer or dict(type='SGD', lr=lr)),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=interval),
         default_hooks=dict(checkpoint=dict(type='mmdualvit.PortableCheckpointHook', interval=interval,
                                            by_epoch=False, max_keep_ckpts=cfg.pop('max_keep_ckpts', -1),
                                            **(checkpoint_options or {})),

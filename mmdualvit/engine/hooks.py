@@ -81,7 +81,8 @@ class PortableCheckpointHook(CheckpointHook):
 
     - local checkpoints go through the ``mmdualvit_atomic_local`` backend unless ``backend_args`` says otherwise,
       and ``last_checkpoint`` is written atomically too (mmengine rewrites it in place);
-    - with ``max_keep_ckpts`` the oldest checkpoint is removed only *after* the new one is complete;
+    - with ``max_keep_ckpts`` the oldest checkpoint, and with ``save_best`` the previous best one, is removed only
+      *after* the new one is complete;
     - weights holding NaN/Inf are never saved (:class:`FloatingPointError`): the checkpoints already written, which
       rotation would otherwise delete, stay;
     - the message hub's history is stored as plain lists (and multi-step schedulers' milestone Counters as plain
@@ -111,6 +112,17 @@ class PortableCheckpointHook(CheckpointHook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint_from_plain(checkpoint)
 
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        # mmengine's, with the removal of the previous best checkpoint (done before the save there) after it.
+        backend, removals = self.file_backend, []
+        self.file_backend = _RemovalsQueued(backend, removals)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        for remove, path in removals:
+            remove(path)
+
     def _save_checkpoint_with_step(self, runner, step, meta):
         # Same bookkeeping as mmengine's, reordered: save first, then rotate, then point last_checkpoint at it.
         self.last_ckpt = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
@@ -134,6 +146,22 @@ class PortableCheckpointHook(CheckpointHook):
                 self.file_backend.remove(old)
             elif self.file_backend.isdir(old):  # deepspeed writes directories
                 self.file_backend.rmtree(old)
+
+
+class _RemovalsQueued:
+    """A file backend whose ``remove`` and ``rmtree`` calls are queued as ``(method, path)``, not run."""
+
+    def __init__(self, backend, queue: list):
+        self._backend, self._queue = backend, queue
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def remove(self, path) -> None:
+        self._queue.append((self._backend.remove, path))
+
+    def rmtree(self, path) -> None:
+        self._queue.append((self._backend.rmtree, path))
 
 
 @HOOKS.register_module()
