@@ -38,7 +38,7 @@ import torch
 from filelock import FileLock
 from mmengine.logging import print_log
 
-from .fileio import atomic_open, remove_temporaries, unwritable_reason
+from .fileio import atomic_open, atomic_write, remove_temporaries, unwritable_reason
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module')
 PRETRAINED = 'Pretrained'
@@ -196,15 +196,30 @@ def fetch_cached(url: str) -> str:
     try in turn if it failed (it says why). A lock rather than mmengine's rank-0-then-barrier: waiting ranks are not
     bound by the process group's collective timeout, and separate runs take turns too. The holder removes what
     killed downloads left. A file enters the cache complete and checked or not at all: see :func:`_download`.
+
+    Each download records its URL beside the file (``.<name>.url``): the cache is keyed by file name, so a file that
+    another URL of the same name fetched is fetched again. A file without a record (fetched by torch.hub or
+    mmengine, which record none) is read.
     """
     cached = download_cache_path(url)
     directory, name = os.path.split(cached)
-    if not os.path.isfile(cached):
+    source = os.path.join(directory, f'.{name}.url')
+
+    def cached_from_url() -> bool:
+        if not os.path.isfile(cached):
+            return False
+        try:
+            with open(source) as f:
+                return f.read() == url
+        except FileNotFoundError:
+            return True
+    if not cached_from_url():
         os.makedirs(directory, exist_ok=True)
         with FileLock(os.path.join(directory, f'.{name}.lock')):
-            if not os.path.isfile(cached):
+            if not cached_from_url():
                 remove_temporaries(directory, name)
                 _download(url, cached)
+                atomic_write(url.encode(), source)
     return cached
 
 

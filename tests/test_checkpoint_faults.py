@@ -365,6 +365,21 @@ def test_a_download_is_cached_and_read_from_the_cache_next_time(http_root, tiny_
     assert all(torch.equal(first[k], second[k]) for k in tiny_sd)
 
 
+def test_two_urls_with_one_file_name_never_read_each_others_file(http_root, tiny_sd):
+    """The cache is keyed by file name, as torch.hub's: each download records its URL, and a cached file that
+    another URL fetched is fetched again (one fetched by torch.hub or mmengine records none and is read)."""
+    root, url = http_root
+    for run, scale in (('run1', 1), ('run2', 2)):
+        (root / run).mkdir()
+        torch.save({k: v * scale for k, v in tiny_sd.items()}, root / run / 'epoch_12.pth')
+    for run, scale in (('run1', 1), ('run2', 2), ('run1', 1)):
+        assert torch.equal(read_checkpoint(f'{url}/{run}/epoch_12.pth')['q'], tiny_sd['q'] * scale), run
+    cached = Path(checkpoint.download_cache_path(f'{url}/run1/epoch_12.pth'))
+    (cached.parent / f'.{cached.name}.url').unlink()  # as if torch.hub had fetched it
+    (root / 'run1' / 'epoch_12.pth').unlink()  # the server would answer 404 now
+    assert torch.equal(read_checkpoint(f'{url}/run2/epoch_12.pth')['q'], tiny_sd['q'])
+
+
 def test_a_damaged_cached_file_is_named_with_its_cache_path(http_root, tiny_sd):
     root, url = http_root
     torch.save(tiny_sd, root / 'tiny.pth')
