@@ -214,6 +214,10 @@ def fetch_cached(url: str) -> str:
         except FileNotFoundError:
             return True
     if not cached_from_url():
+        reason = unwritable_reason(directory)
+        if reason is not None:
+            raise DownloadError(f'cannot download {url!r} into the cache folder {directory!r}: {reason}; set '
+                                f'TORCH_HOME to a writable folder, or download the file yourself and give its path.')
         os.makedirs(directory, exist_ok=True)
         with FileLock(os.path.join(directory, f'.{name}.lock')):
             if not cached_from_url():
@@ -296,8 +300,9 @@ def _download(url: str, dest: str) -> None:
         if isinstance(err, TimeoutError) or isinstance(getattr(err, 'reason', None), TimeoutError):
             raise DownloadError(f'checkpoint {url!r}: the server did not answer within {timeout:g} s; check the URL '
                                 f'and your connection, or {fix}.') from None
-        if err.errno == errno.ENOSPC:
-            raise DownloadError(f'disk full while downloading {url!r} into {dest!r} (nothing was kept); free space '
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the cache's disk, not the server
+            full = 'disk full' if err.errno == errno.ENOSPC else 'disk quota exceeded'
+            raise DownloadError(f'{full} while downloading {url!r} into {dest!r} (nothing was kept); free space '
                                 f'there, or set TORCH_HOME to a larger disk.') from None
         raise DownloadError(f'checkpoint {url!r} could not be fetched ({type(err).__name__}: {_first_line(err)}); '
                             f'check the URL and your connection, or download the file and give its path.') from None

@@ -422,6 +422,18 @@ def test_a_full_disk_during_a_download_is_named_and_nothing_is_kept(http_root, t
     assert not os.path.exists(cached)
 
 
+def test_a_cache_folder_that_cannot_be_written_is_named_before_the_download(http_root, tiny_sd):
+    root, url = http_root
+    torch.save(tiny_sd, root / 'tiny.pth')
+    hub = Path(torch.hub.get_dir())
+    hub.parent.mkdir(parents=True, exist_ok=True)
+    hub.write_text('')  # a file where the cache folder should be
+    with pytest.raises(checkpoint.DownloadError, match=re.escape(
+            f"cannot download '{url}/tiny.pth' into the cache folder '{hub}/checkpoints': '{hub}' is a file, not a "
+            f'directory; set TORCH_HOME to a writable folder, or download the file yourself and give its path.')):
+        read_checkpoint(f'{url}/tiny.pth')
+
+
 def test_processes_on_one_machine_take_turns_at_a_download_and_leftovers_are_removed(http_root, tiny_sd):
     """A second process (another rank of a distributed run, or another run) waits for the file lock of the first
     one's download, then reads its file without asking the server; the holder of the lock removes the temporary a
