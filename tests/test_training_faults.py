@@ -193,6 +193,26 @@ def test_resume_from_an_older_checkpoint_is_refused_unless_asked_for(tmp_path):
     assert 'resumed epoch: 0, iter: 2' in log_of(again)
 
 
+def test_resuming_another_runs_checkpoint_into_a_used_work_dir_is_refused(tmp_path, trained):
+    """The resumed message hub's keep_ckpt_ids name the other run's steps: mmengine's rotation would delete this work
+    dir's files of those names (here iter_4.pth, the newest of its own run)."""
+    other = tmp_path / 'other'
+    build_runner(other, max_iters=6, max_keep_ckpts=2).train()
+    before = snapshot(trained)
+    foreign = str(other / 'iter_6.pth')
+    with pytest.raises(WorkDirError, match=re.escape(
+            f'--resume {foreign}: the file is not one of the checkpoints of {trained}, which holds iter_4.pth, '
+            f'iter_2.pth: continuing here would mix two runs, and checkpoint rotation (max_keep_ckpts) could delete '
+            f'those files. Resume into a new work dir (--work-dir NEW_DIR --resume {foreign}), or pass '
+            f'--overwrite-work-dir (--cfg-options overwrite_work_dir=True) if they may go.')):
+        build_runner(trained, max_iters=8, resume=True, load_from=foreign, max_keep_ckpts=2).train()
+    assert snapshot(trained) == before
+    runner = build_runner(trained, max_iters=8, resume=True, load_from=foreign, max_keep_ckpts=2,
+                          overwrite_work_dir=True)
+    runner.train()
+    assert 'resumed epoch: 0, iter: 6' in log_of(runner) and runner.iter == 8
+
+
 def test_resume_where_last_checkpoint_names_an_older_file_is_refused(trained):
     (trained / 'last_checkpoint').write_text(f'{trained}/iter_2.pth')
     with pytest.raises(WorkDirError, match=re.escape('holds newer checkpoints (iter_4.pth)')):

@@ -58,9 +58,9 @@ class StrictRunner(Runner):
 
     - holds the work dir's lock (:func:`mmdualvit.fileio.lock_work_dir`, an ``flock`` the kernel releases however
       the process ends), so a second training in the same work dir is refused, naming the holder;
-    - refuses to start when the work dir holds ``iter_N.pth`` / ``epoch_N.pth`` files and the run does not resume, or
-      resumes from a checkpoint older than some of them, unless the config sets ``overwrite_work_dir=True``
-      (``--overwrite-work-dir``);
+    - refuses to start when the work dir holds ``iter_N.pth`` / ``epoch_N.pth`` files and the run does not resume,
+      resumes from a checkpoint older than some of them, or is given one (``--resume PATH``) that is not one of them,
+      unless the config sets ``overwrite_work_dir=True`` (``--overwrite-work-dir``);
     - removes the temporaries that writes killed half-way left there (every writer there holds the lock).
 
     Testing and validation take no lock and delete nothing. The config is dumped into the work dir only by a training
@@ -156,7 +156,8 @@ class StrictRunner(Runner):
                 f'{self.work_dir} already holds checkpoints ({names}); this new run would overwrite them. Resume the '
                 f'newest with --resume (or --resume {newest}), train in another work dir (--work-dir), or pass '
                 f'--overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to replace them.')
-        if self._load_from is None:
+        explicit = self._load_from is not None  # --resume PATH, not a file the scan chose
+        if not explicit:
             self._load_from = self._find_resume_checkpoint()
             if self._load_from is None:
                 return  # nothing to resume from: resume() starts from scratch
@@ -172,6 +173,12 @@ class StrictRunner(Runner):
                 f'newest with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
                 f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to continue '
                 f'here anyway.')
+        if explicit and osp.realpath(self._load_from) not in {osp.realpath(path) for _, _, path in found}:
+            raise WorkDirError(  # the file's keep_ckpt_ids would make mmengine's rotation delete our files by name
+                f'--resume {self._load_from}: the file is not one of the checkpoints of {self.work_dir}, which holds '
+                f'{names}: continuing here would mix two runs, and checkpoint rotation (max_keep_ckpts) could delete '
+                f'those files. Resume into a new work dir (--work-dir NEW_DIR --resume {self._load_from}), or pass '
+                f'--overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) if they may go.')
 
     # ------------------------------------------------------------------------------------------- datasets
     def build_train_loop(self, loop):
