@@ -201,9 +201,9 @@ def test_resuming_another_runs_checkpoint_into_a_used_work_dir_is_refused(tmp_pa
     before = snapshot(trained)
     foreign = str(other / 'iter_6.pth')
     with pytest.raises(WorkDirError, match=re.escape(
-            f'--resume {foreign}: the file is not one of the checkpoints of {trained}, which holds iter_4.pth, '
-            f'iter_2.pth: continuing here would mix two runs, and checkpoint rotation (max_keep_ckpts) could delete '
-            f'those files. Resume into a new work dir (--work-dir NEW_DIR --resume {foreign}), or pass '
+            f'--resume {foreign}: the file lies outside {trained}, which holds checkpoints of another run '
+            f'(iter_4.pth, iter_2.pth): continuing here would mix two runs, and checkpoint rotation (max_keep_ckpts) '
+            f'could delete those files. Resume into a new work dir (--work-dir NEW_DIR --resume {foreign}), or pass '
             f'--overwrite-work-dir (--cfg-options overwrite_work_dir=True) if they may go.')):
         build_runner(trained, max_iters=8, resume=True, load_from=foreign, max_keep_ckpts=2).train()
     assert snapshot(trained) == before

@@ -59,7 +59,7 @@ class StrictRunner(Runner):
     - holds the work dir's lock (:func:`mmdualvit.fileio.lock_work_dir`, an ``flock`` the kernel releases however
       the process ends), so a second training in the same work dir is refused, naming the holder;
     - refuses to start when the work dir holds ``iter_N.pth`` / ``epoch_N.pth`` files and the run does not resume,
-      resumes from a checkpoint older than some of them, or is given one (``--resume PATH``) that is not one of them,
+      resumes from a checkpoint older than some of them, or is given one from another folder (``--resume PATH``),
       unless the config sets ``overwrite_work_dir=True`` (``--overwrite-work-dir``);
     - removes the temporaries that writes killed half-way left there (every writer there holds the lock).
 
@@ -173,12 +173,14 @@ class StrictRunner(Runner):
                 f'newest with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
                 f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to continue '
                 f'here anyway.')
-        if explicit and osp.realpath(self._load_from) not in {osp.realpath(path) for _, _, path in found}:
-            raise WorkDirError(  # the file's keep_ckpt_ids would make mmengine's rotation delete our files by name
-                f'--resume {self._load_from}: the file is not one of the checkpoints of {self.work_dir}, which holds '
-                f'{names}: continuing here would mix two runs, and checkpoint rotation (max_keep_ckpts) could delete '
-                f'those files. Resume into a new work dir (--work-dir NEW_DIR --resume {self._load_from}), or pass '
-                f'--overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) if they may go.')
+        places = {osp.realpath(self.work_dir)} | {osp.realpath(osp.dirname(path)) for _, _, path in found}
+        if explicit and osp.realpath(osp.dirname(self._load_from)) not in places:
+            raise WorkDirError(  # its keep_ckpt_ids would make mmengine's rotation delete files here by name
+                f'--resume {self._load_from}: the file lies outside {self.work_dir}, which holds checkpoints of '
+                f'another run ({names}): continuing here would mix two runs, and checkpoint rotation (max_keep_ckpts) '
+                f'could delete those files. Resume into a new work dir (--work-dir NEW_DIR --resume '
+                f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) if they may '
+                f'go.')
 
     # ------------------------------------------------------------------------------------------- datasets
     def build_train_loop(self, loop):
