@@ -116,10 +116,10 @@ class StrictRunner(Runner):
             self._dump_config_into(self.log_dir)
         return super().test()
 
-    def _work_dir_checkpoints(self) -> List[Tuple[str, int, str]]:
-        """``(kind, step, path)`` of the training checkpoints of this work dir, newest first: ``epoch_N.pth`` /
-        ``iter_N.pth`` in it, and the files the checkpoint hook writes where its ``out_dir`` and ``filename_tmpl``
-        say (mmengine saves into ``out_dir/<work dir's name>``). A remote ``out_dir`` cannot be listed here."""
+    def _checkpoint_places(self) -> List[Tuple[str, re.Pattern, Optional[str]]]:
+        """``(directory, name pattern, kind)`` of where this work dir's training checkpoints are: ``epoch_N.pth`` /
+        ``iter_N.pth`` in it (kind from the name), and where the checkpoint hook writes them as its ``out_dir`` and
+        ``filename_tmpl`` say (mmengine saves into ``out_dir/<work dir's name>``). A remote ``out_dir`` is left out."""
         places = [(self.work_dir, _CHECKPOINT_NAME, None)]
         for hook in self.hooks:
             if not isinstance(hook, CheckpointHook):
@@ -135,8 +135,12 @@ class StrictRunner(Runner):
             prefix, suffix = (re.escape(part) for part in parts)
             kind = 'epoch' if hook.by_epoch else 'iter'
             places.append((out_dir, re.compile(f'^{prefix}(?P<step>\\d+){suffix}$'), kind))
+        return places
+
+    def _work_dir_checkpoints(self) -> List[Tuple[str, int, str]]:
+        """``(kind, step, path)`` of the training checkpoints in :meth:`_checkpoint_places`, newest first."""
         found = {}
-        for directory, pattern, kind in places:
+        for directory, pattern, kind in self._checkpoint_places():
             for name in os.listdir(directory) if osp.isdir(directory) else ():
                 match = pattern.match(name)
                 if match:
@@ -173,7 +177,7 @@ class StrictRunner(Runner):
                 f'newest with --resume {newer[0]}, branch off into another work dir (--work-dir NEW_DIR --resume '
                 f'{self._load_from}), or pass --overwrite-work-dir (--cfg-options {OVERWRITE_KEY}=True) to continue '
                 f'here anyway.')
-        places = {osp.realpath(self.work_dir)} | {osp.realpath(osp.dirname(path)) for _, _, path in found}
+        places = {osp.realpath(directory) for directory, _, _ in self._checkpoint_places()}
         if explicit and osp.realpath(osp.dirname(self._load_from)) not in places:
             raise WorkDirError(  # its keep_ckpt_ids would make mmengine's rotation delete files here by name
                 f'--resume {self._load_from}: the file lies outside {self.work_dir}, which holds checkpoints of '
