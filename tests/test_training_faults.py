@@ -219,17 +219,23 @@ def test_resume_where_last_checkpoint_names_an_older_file_is_refused(trained):
         build_runner(trained, max_iters=6, resume=True).train()
 
 
-def test_resume_after_a_kill_between_saving_and_updating_last_checkpoint(trained):
+@pytest.mark.parametrize('named', ['as the work dir', 'through a link'])
+def test_resume_after_a_kill_between_saving_and_updating_last_checkpoint(trained, named):
     """The hook saves iter_4.pth, then points last_checkpoint at it: a run killed in between leaves the pointer at
-    iter_2.pth, older than the file written after it. --resume takes iter_4.pth and overwrites nothing."""
+    iter_2.pth, older than the file written after it. --resume takes iter_4.pth and overwrites nothing, also when the
+    pointer names the files through a link to the work dir (the last run was given another spelling of it)."""
     record = trained / 'last_checkpoint'
-    record.write_text(f'{trained}/iter_2.pth')
+    spelled = trained
+    if named == 'through a link':
+        spelled = trained.parent / 'link'
+        spelled.symlink_to(trained)
+    record.write_text(f'{spelled}/iter_2.pth')
     written = (trained / 'iter_4.pth').stat().st_mtime_ns
     os.utime(record, ns=(written - 10**9, written - 10**9))
     runner = build_runner(trained, max_iters=6, resume=True)
     runner.train()
     log = log_of(runner)
-    assert (f'--resume: {record} names {trained}/iter_2.pth, but {trained}/iter_4.pth is newer and was written after '
+    assert (f'--resume: {record} names {spelled}/iter_2.pth, but {trained}/iter_4.pth is newer and was written after '
             f'it (the last run stopped between saving iter_4.pth and updating {record}); resuming from '
             f'{trained}/iter_4.pth.') in log
     assert 'resumed epoch: 0, iter: 4' in log and runner.iter == 6

@@ -73,7 +73,7 @@ class StrictRunner(Runner):
         self._trust = bool(self.cfg.get(TRUST_KEY, False))
         self._check_weights = bool(self.cfg.get(CHECK_WEIGHTS_KEY, True))
         self._overwrite = bool(self.cfg.get(OVERWRITE_KEY, False))
-        self._unreadable: List[str] = []  # checkpoints of the work dir that --resume found unreadable
+        self._unreadable: List[str] = []  # real paths of the checkpoints --resume found unreadable
         self._resuming: Optional[Tuple[str, bool]] = None  # the file resume() is loading, and with its optimizer?
 
     def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
@@ -145,7 +145,7 @@ class StrictRunner(Runner):
                 match = pattern.match(name)
                 if match:
                     path = osp.join(directory, name)
-                    found[osp.abspath(path)] = (kind or match['kind'], int(match['step']), path)
+                    found[osp.realpath(path)] = (kind or match['kind'], int(match['step']), path)
         return sorted(found.values(), key=lambda item: (item[1], item[0]), reverse=True)
 
     def _check_work_dir(self) -> None:
@@ -167,9 +167,8 @@ class StrictRunner(Runner):
                 return  # nothing to resume from: resume() starts from scratch
         # Read again where the scan already read it: the file is checked as it is now, and nothing is kept.
         meta = check_training_position(self._read(self._load_from), self._load_from)
-        resumed = osp.abspath(self._load_from)
-        newer = [path for kind, step, path in found
-                 if step > meta[kind] and osp.abspath(path) != resumed and path not in self._unreadable]
+        skip = {osp.realpath(self._load_from), *self._unreadable}  # paths compared as files, however spelled
+        newer = [path for kind, step, path in found if step > meta[kind] and osp.realpath(path) not in skip]
         if newer:
             raise WorkDirError(
                 f'--resume {self._load_from}: {self.work_dir} holds newer checkpoints ({_names(newer)}), which this '
@@ -229,8 +228,8 @@ class StrictRunner(Runner):
             except CheckpointError as error:
                 self._refuse_if_intact(recorded, error)
                 problem = str(error).rstrip('.')
-                self._unreadable.append(recorded)
-                candidates = [c for c in candidates if osp.abspath(c) != osp.abspath(recorded)]
+                self._unreadable.append(osp.realpath(recorded))
+                candidates = [c for c in candidates if osp.realpath(c) != osp.realpath(recorded)]
         elif problem is None:
             if not candidates:
                 return None
@@ -248,11 +247,11 @@ class StrictRunner(Runner):
         names) *and was written after* ``record``: the checkpoint hook writes a checkpoint before it updates
         ``last_checkpoint``, so a run killed in between leaves the pointer one save behind. A pointer written after
         the newer files (edited by hand, say) is left to :meth:`_check_work_dir`, which refuses to overwrite them."""
-        absolute = [osp.abspath(c) for c in candidates]
-        if osp.abspath(recorded) not in absolute:
+        real = [osp.realpath(c) for c in candidates]  # the pointer may name them through a link to the work dir
+        if osp.realpath(recorded) not in real:
             return None
         pointer_time = os.stat(record).st_mtime_ns
-        newer = candidates[:absolute.index(osp.abspath(recorded))]
+        newer = candidates[:real.index(osp.realpath(recorded))]
         path = self._first_readable([p for p in newer if os.stat(p).st_mtime_ns > pointer_time])
         if path is not None:
             self.logger.warning(f'--resume: {record} names {recorded}, but {path} is newer and was written after it '
@@ -270,7 +269,7 @@ class StrictRunner(Runner):
                 return path
             except CheckpointError as error:
                 self._refuse_if_intact(path, error)
-                self._unreadable.append(path)
+                self._unreadable.append(osp.realpath(path))
                 self.logger.warning(f'--resume: skipping {path}: {error}')
         return None
 
