@@ -220,10 +220,12 @@ def fetch_cached(url: str) -> str:
                                 f'TORCH_HOME to a writable folder, or download the file yourself and give its path.')
         os.makedirs(directory, exist_ok=True)
         with FileLock(os.path.join(directory, f'.{name}.lock')):
-            if not cached_from_url():
+            if not cached_from_url():  # another URL's file goes first, then its record: no kill leaves a mix
                 remove_temporaries(directory, name)
-                _download(url, cached)
+                if os.path.lexists(cached):
+                    os.remove(cached)
                 atomic_write(url.encode(), source)
+                _download(url, cached)
     return cached
 
 

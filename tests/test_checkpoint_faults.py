@@ -1,6 +1,8 @@
 """The checkpoint reader and loaders under faults: special files, files that expand, weights that are not weights,
 remote files that hang or never end, trust by flag only, and clear messages on the runner paths too."""
 import argparse
+import functools
+import itertools
 import os
 import re
 import socket
@@ -378,6 +380,42 @@ def test_two_urls_with_one_file_name_never_read_each_others_file(http_root, tiny
     (cached.parent / f'.{cached.name}.url').unlink()  # as if torch.hub had fetched it
     (root / 'run1' / 'epoch_12.pth').unlink()  # the server would answer 404 now
     assert torch.equal(read_checkpoint(f'{url}/run2/epoch_12.pth')['q'], tiny_sd['q'])
+
+
+def test_a_fetch_killed_at_any_step_leaves_no_file_another_url_takes_for_its_own(http_root, tiny_sd, monkeypatch):
+    """run1's file is cached; fetching run2's file of the same name is killed after each of its file-system changes
+    in turn. Afterwards each URL still reads its own weights (the cache entry and its URL record never disagree)."""
+    root, url = http_root
+    for run, scale in (('run1', 1), ('run2', 2)):
+        (root / run).mkdir()
+        torch.save({k: v * scale for k, v in tiny_sd.items()}, root / run / 'epoch_12.pth')
+
+    class Killed(BaseException):
+        pass
+    real = {name: getattr(os, name) for name in ('replace', 'remove')}
+    for kill_after in itertools.count(1):
+        read_checkpoint(f'{url}/run1/epoch_12.pth')
+        changes = []
+
+        def change(name, *args):
+            real[name](*args)
+            changes.append(args)
+            if len(changes) == kill_after:
+                raise Killed
+        with monkeypatch.context() as patched:
+            for name in real:
+                patched.setattr(os, name, functools.partial(change, name))
+            try:
+                read_checkpoint(f'{url}/run2/epoch_12.pth')
+                finished = True
+            except Killed:
+                finished = False
+        for run, scale in (('run1', 1), ('run2', 2), ('run1', 1)):
+            assert torch.equal(read_checkpoint(f'{url}/{run}/epoch_12.pth')['q'], tiny_sd['q'] * scale), \
+                (run, kill_after)
+        if finished:
+            break
+    assert kill_after > 2
 
 
 def test_a_damaged_cached_file_is_named_with_its_cache_path(http_root, tiny_sd):
