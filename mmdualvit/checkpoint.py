@@ -220,12 +220,17 @@ def fetch_cached(url: str) -> str:
                                 f'TORCH_HOME to a writable folder, or download the file yourself and give its path.')
         os.makedirs(directory, exist_ok=True)
         with FileLock(os.path.join(directory, f'.{name}.lock')):
-            if not cached_from_url():  # another URL's file goes first, then its record: no kill leaves a mix
+            if not cached_from_url():
                 remove_temporaries(directory, name)
                 if os.path.lexists(cached):
-                    os.remove(cached)
-                atomic_write(url.encode(), source)
-                _download(url, cached)
+                    os.remove(cached)  # another URL's file, before its record is replaced
+                try:
+                    _download(url, cached, record=source)
+                except BaseException:
+                    for path in (cached, source):  # the file first: a record that names no file is harmless
+                        if os.path.lexists(path):
+                            os.remove(path)
+                    raise
     return cached
 
 
@@ -245,8 +250,9 @@ def download_setting(name: str) -> float:
     return value
 
 
-def _download(url: str, dest: str) -> None:
-    """Fetch ``url`` into ``dest`` within the download settings, logging progress every 30 s.
+def _download(url: str, dest: str, record: str) -> None:
+    """Fetch ``url`` into ``dest`` within the download settings, logging progress every 30 s; ``url`` is written into
+    ``record`` first (so that no kill leaves ``dest`` under another URL's record).
 
     mmengine's HTTP backend (and torch.hub) read without a timeout, an overall bound or a size limit: a server that
     never answers, or one that sends a byte every few seconds, hangs the run for days; one that streams forever fills
@@ -263,6 +269,7 @@ def _download(url: str, dest: str) -> None:
     start = last_report = time.monotonic()
     done = 0
     try:
+        atomic_write(url.encode(), record)
         with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest) as out:
             length = response.headers.get('Content-Length', '').strip()
             declared = int(length) if length.isdigit() else -1  # absent or malformed: only the limit bounds it

@@ -2,9 +2,9 @@
 remote files that hang or never end, trust by flag only, and clear messages on the runner paths too."""
 import argparse
 import functools
-import itertools
 import os
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -383,39 +383,31 @@ def test_two_urls_with_one_file_name_never_read_each_others_file(http_root, tiny
 
 
 def test_a_fetch_killed_at_any_step_leaves_no_file_another_url_takes_for_its_own(http_root, tiny_sd, monkeypatch):
-    """run1's file is cached; fetching run2's file of the same name is killed after each of its file-system changes
-    in turn. Afterwards each URL still reads its own weights (the cache entry and its URL record never disagree)."""
+    """run1's file is cached; fetching run2's file of the same name changes the cache folder step by step. A kill
+    (no clean-up) after any step leaves that step's folder: from each, both URLs still read their own weights."""
     root, url = http_root
     for run, scale in (('run1', 1), ('run2', 2)):
         (root / run).mkdir()
         torch.save({k: v * scale for k, v in tiny_sd.items()}, root / run / 'epoch_12.pth')
+    read_checkpoint(f'{url}/run1/epoch_12.pth')
+    cache = Path(checkpoint.download_cache_path(f'{url}/run1/epoch_12.pth')).parent
+    states = []
 
-    class Killed(BaseException):
-        pass
-    real = {name: getattr(os, name) for name in ('replace', 'remove')}
-    for kill_after in itertools.count(1):
-        read_checkpoint(f'{url}/run1/epoch_12.pth')
-        changes = []
-
-        def change(name, *args):
-            real[name](*args)
-            changes.append(args)
-            if len(changes) == kill_after:
-                raise Killed
-        with monkeypatch.context() as patched:
-            for name in real:
-                patched.setattr(os, name, functools.partial(change, name))
-            try:
-                read_checkpoint(f'{url}/run2/epoch_12.pth')
-                finished = True
-            except Killed:
-                finished = False
+    def change(real, *args):  # os.replace / os.remove, then the folder as a kill right after would leave it
+        real(*args)
+        states.append({p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()})
+    with monkeypatch.context() as patched:
+        for name in ('replace', 'remove'):
+            patched.setattr(os, name, functools.partial(change, getattr(os, name)))
+        read_checkpoint(f'{url}/run2/epoch_12.pth')
+    assert len(states) >= 2  # at least: the file renamed into place, its URL recorded
+    for step, state in enumerate(states):
         for run, scale in (('run1', 1), ('run2', 2), ('run1', 1)):
-            assert torch.equal(read_checkpoint(f'{url}/{run}/epoch_12.pth')['q'], tiny_sd['q'] * scale), \
-                (run, kill_after)
-        if finished:
-            break
-    assert kill_after > 2
+            shutil.rmtree(cache)
+            cache.mkdir()
+            for name, data in state.items():
+                (cache / name).write_bytes(data)
+            assert torch.equal(read_checkpoint(f'{url}/{run}/epoch_12.pth')['q'], tiny_sd['q'] * scale), (run, step)
 
 
 def test_a_damaged_cached_file_is_named_with_its_cache_path(http_root, tiny_sd):
@@ -490,7 +482,7 @@ def test_processes_on_one_machine_take_turns_at_a_download_and_leftovers_are_rem
     second.start()
     second.join(1.0)
     assert second.is_alive() and not os.path.exists(cached) and leftover.exists()  # waiting, nothing fetched
-    checkpoint._download(f'{url}/tiny.pth', cached)  # what the first run does while it holds the lock
+    checkpoint._download(f'{url}/tiny.pth', cached, f'{cached}.url')  # what the first run does while it holds the lock
     (root / 'tiny.pth').unlink()
     first.release()
     second.join(30)
