@@ -482,7 +482,8 @@ def test_processes_on_one_machine_take_turns_at_a_download_and_leftovers_are_rem
     second.start()
     second.join(1.0)
     assert second.is_alive() and not os.path.exists(cached) and leftover.exists()  # waiting, nothing fetched
-    checkpoint._download(f'{url}/tiny.pth', cached, f'{cached}.url')  # what the first run does while it holds the lock
+    record = os.path.join(os.path.dirname(cached), '.tiny.pth.url')
+    checkpoint._download(f'{url}/tiny.pth', cached, record)  # what the first run does while it holds the lock
     (root / 'tiny.pth').unlink()
     first.release()
     second.join(30)

@@ -228,8 +228,9 @@ class StrictRunner(Runner):
             except CheckpointError as error:
                 self._refuse_if_intact(recorded, error)
                 problem = str(error).rstrip('.')
-                self._unreadable.append(osp.realpath(recorded))
-                candidates = [c for c in candidates if osp.realpath(c) != osp.realpath(recorded)]
+                unreadable = osp.realpath(recorded)
+                self._unreadable.append(unreadable)
+                candidates = [c for c in candidates if osp.realpath(c) != unreadable]
         elif problem is None:
             if not candidates:
                 return None
